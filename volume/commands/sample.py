@@ -1,0 +1,43 @@
+"""`volume sample SPEC -n N -o TABLE.h5`: draw N functions (rounded up to whole blocks)
+into a table, resuming or extending the table already at TABLE.h5 (same spec only)."""
+
+from __future__ import annotations
+
+import argparse
+
+from volume.runner import missing_blocks, open_table, progress_bar, run_local
+from volume.spec import ExperimentSpec
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample the prior over functions into a table",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", help="experiment spec (.toml or .json), e.g. examples/boolean7.toml")
+    p.add_argument("-n", "--draws", type=int, required=True,
+                   help="total draws the table should hold (rounded up to whole blocks); rerun to resume")
+    p.add_argument("-o", "--output", required=True, help="output table (.h5); an existing one of the same spec is extended")
+    p.add_argument("--add", action="store_true", help="add N draws to what the table already holds instead")
+    p.add_argument("--sub-batch", type=int, default=None, help="draws per forward pass (memory/speed only; never changes results)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--checkpoint-seconds", type=float, default=30.0, help="save counted blocks at least this often")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def target_draws(spec: ExperimentSpec, args: argparse.Namespace) -> int:
+    if args.add:
+        return open_table(spec, args.output).n_samples + args.draws
+    return args.draws
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = ExperimentSpec.load(args.spec)
+    n = target_draws(spec, args)
+    table = open_table(spec, args.output)
+    todo = missing_blocks(table, spec, n)
+    total = table.n_samples + len(todo) * spec.block_size
+    with progress_bar(total, table.n_samples, enabled=not args.quiet) as bar:
+        table = run_local(spec, n, args.output, sub_batch=args.sub_batch, device=args.device,
+                          checkpoint_seconds=args.checkpoint_seconds, on_block=bar.update)
+    print(f"{args.output}: {table.n_samples} draws, {table.n_distinct} distinct functions (spec {spec.spec_id})")
+    return 0

@@ -1,0 +1,103 @@
+"""Running a sampling job in this process: which blocks a job needs, opening or
+creating its output table, and folding counted blocks into it with periodic atomic
+checkpoints. ``volume.jobs`` distributes the same blocks over Ray and reuses this
+bookkeeping.
+
+A job is (spec, n_draws, output table). It needs blocks 0 .. ceil(n_draws / block_size) - 1;
+the blocks the output table already records are not drawn again, so rerunning a job
+resumes it, and asking for more draws extends the table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from volume.errors import TableError, VolumeError
+from volume.sampler import Sampler
+from volume.spec import ExperimentSpec
+from volume.table import FrequencyTable
+
+
+def blocks_needed(spec: ExperimentSpec, n_draws: int) -> list[int]:
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
+        raise VolumeError(f"number of draws = {n_draws!r} is invalid: give a positive integer (-n)")
+    return list(range(math.ceil(n_draws / spec.block_size)))
+
+
+def open_table(spec: ExperimentSpec, path: str | Path | None) -> FrequencyTable:
+    """The table at ``path`` if it exists (it must hold the same spec), else an empty one."""
+    if path is None or not Path(path).exists():
+        return FrequencyTable.empty(spec)
+    table = FrequencyTable.load(path)
+    if table.spec_id != spec.spec_id:
+        raise TableError(
+            f"output table {str(path)!r} holds spec {table.spec_id} ({table.spec.name or 'unnamed'}), not this spec "
+            f"({spec.spec_id}): choose another output path, or the spec the table was made with "
+            f"(`volume info {path}` shows it); it is left unchanged"
+        )
+    return table
+
+
+def missing_blocks(table: FrequencyTable, spec: ExperimentSpec, n_draws: int) -> list[int]:
+    have = set(table.blocks.tolist())
+    return [b for b in blocks_needed(spec, n_draws) if b not in have]
+
+
+class BlockAccumulator:
+    """Collects counted blocks and folds them into the table, saving atomically at most
+    every ``checkpoint_seconds`` (and at ``flush``). Blocks already in the table are refused."""
+
+    def __init__(self, table: FrequencyTable, path: str | Path | None, checkpoint_seconds: float = 30.0):
+        self.table = table
+        self.path = path
+        self.checkpoint_seconds = checkpoint_seconds
+        self._pending: list[FrequencyTable] = []
+        self._last = time.monotonic()
+
+    def add(self, block: int, keys: np.ndarray) -> None:
+        self._pending.append(FrequencyTable.from_keys(self.table.spec, keys, [block]))
+        if time.monotonic() - self._last >= self.checkpoint_seconds:
+            self.flush()
+
+    def flush(self) -> FrequencyTable:
+        if self._pending:
+            self.table = FrequencyTable.merge_all([self.table, *self._pending])
+            self._pending = []
+        if self.path is not None:
+            self.table.save(self.path)
+        self._last = time.monotonic()
+        return self.table
+
+
+def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *,
+              sub_batch: int | None = None, device: str = "cpu", checkpoint_seconds: float = 30.0,
+              on_block: Callable[[int], None] | None = None) -> FrequencyTable:
+    """Draw the missing blocks of a job in this process and return the table (saved to
+    ``out`` if given). ``on_block(draws)`` is called after each block (progress bars)."""
+    table = open_table(spec, out)
+    todo = missing_blocks(table, spec, n_draws)
+    kwargs = {"device": device} if sub_batch is None else {"device": device, "sub_batch": sub_batch}
+    sampler = Sampler(spec, **kwargs) if todo else None
+    acc = BlockAccumulator(table, out, checkpoint_seconds)
+    try:
+        for b in todo:
+            acc.add(b, sampler.keys(b))
+            if on_block is not None:
+                on_block(spec.block_size)
+    finally:
+        table = acc.flush()
+    return table
+
+
+def progress_bar(total: int, initial: int, enabled: bool = True, desc: str = "sampling"):
+    """A tqdm bar over draws (rate in draws/s and ETA), or a no-op when disabled."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="draw", unit_scale=True, desc=desc, disable=not enabled,
+                dynamic_ncols=True, smoothing=0.1)
+
