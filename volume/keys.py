@@ -76,8 +76,9 @@ def parse_function(function: str | np.ndarray | list, n_inputs: int, classes: in
     """Read a function given as a label vector, a text string of M characters, or a hex
     key ('0x' prefix, or exactly 2*key_bytes hex digits), and return its labels (M,) uint8.
 
-    A string of exactly M label characters is read as text; prefix hex with '0x' where the
-    two readings coincide (M = 2 binary inputs). Raises FunctionError naming the problem.
+    A string made only of label characters is read as text (and must have M of them);
+    hex needs the '0x' prefix unless it has a character that is not a label (e.g. 'a'-'f'
+    or '2'-'9' for binary labels). Raises FunctionError naming the problem.
     """
     if not isinstance(function, str):
         lab = np.asarray(function)
@@ -90,8 +91,12 @@ def parse_function(function: str | np.ndarray | list, n_inputs: int, classes: in
     kb = key_bytes(n_inputs, classes)
     alphabet = _ALPHABET[:classes]
     is_hex_prefixed = s.lower().startswith("0x")
-    if not is_hex_prefixed and len(s) == n_inputs:
+    only_labels = not (set(s) - set(alphabet))
+    if not is_hex_prefixed and (len(s) == n_inputs or only_labels):
         bad = sorted(set(s) - set(alphabet))
+        if only_labels and len(s) != n_inputs:
+            raise FunctionError(f"function string has length {len(s)}: expected {n_inputs} label characters "
+                                f"(one per input), or a hex key with a '0x' prefix")
         if bad:
             raise FunctionError(
                 f"function string has characters {bad} that are not labels: use only '{alphabet}' "

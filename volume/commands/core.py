@@ -75,7 +75,7 @@ def resolve_target(table: FrequencyTable, target: str) -> np.ndarray:
     from volume.keys import parse_function
 
     m, k = table.n_inputs, table.classes
-    if len(target) == m or target.lower().startswith("0x"):
+    if target.lower().startswith("0x") or not (set(target) - set("0123456789abcdefghijklmnopqrstuvwxyz"[:k])):
         return parse_function(target, m, k)
     return target_labels(load_inputs(table.spec.inputs), target, k)
 

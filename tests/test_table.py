@@ -1,0 +1,96 @@
+import itertools
+
+import h5py
+import numpy as np
+import pytest
+
+from volume.errors import TableError
+from volume.keys import pack_labels
+from volume.spec import ExperimentSpec
+from volume.table import FrequencyTable
+
+
+def random_table(spec, block, rng, n=300, distinct=40):
+    pool = rng.integers(0, 2, size=(distinct, spec.n_inputs)).astype(np.uint8)
+    labels = pool[rng.integers(0, distinct, size=n)]
+    return FrequencyTable.from_labels(spec, labels, [block]), labels
+
+
+def test_counts_match_brute_force(boolean_spec):
+    rng = np.random.default_rng(0)
+    t, labels = random_table(boolean_spec, 0, rng)
+    brute = {}
+    for row in labels:
+        brute[bytes(pack_labels(row)[0])] = brute.get(bytes(pack_labels(row)[0]), 0) + 1
+    assert t.n_samples == 300 and t.n_distinct == len(brute)
+    assert {bytes(k): int(c) for k, c in zip(t.keys, t.counts)} == brute
+    assert t.lookup(labels[:5]).tolist() == [brute[bytes(pack_labels(r)[0])] for r in labels[:5]]
+    assert t.lookup(["11111111"] if bytes(pack_labels(np.ones(8, np.uint8))[0]) not in brute else []).tolist() in ([0], [])
+    keys, counts = t.top(3)
+    assert counts.tolist() == sorted(brute.values(), reverse=True)[:3]
+    ranks, freq = t.rank_frequency()
+    assert ranks[0] == 1 and np.isclose(freq.sum(), 1.0) and np.all(np.diff(freq) <= 0)
+
+
+def test_merge_is_associative_commutative_and_exact(boolean_spec):
+    rng = np.random.default_rng(1)
+    parts = [random_table(boolean_spec, b, rng) for b in range(4)]
+    tables = [p[0] for p in parts]
+    whole = FrequencyTable.from_labels(boolean_spec, np.concatenate([p[1] for p in parts]), range(4))
+    a, b, c, d = tables
+    assert a.merge(b).merge(c).merge(d) == whole
+    assert d.merge(c.merge(a)).merge(b) == whole
+    assert FrequencyTable.merge_all([c, a, d, b]) == whole
+    with pytest.raises(TableError, match="counted in both"):
+        a.merge(b).merge(b)
+    with pytest.raises(TableError, match="different specs"):
+        a.merge(random_table(boolean_spec.replace(seed=99), 7, rng)[0])
+
+
+def test_hdf5_layout_is_plain_and_roundtrips(tmp_path, boolean_spec):
+    t, _ = random_table(boolean_spec, 3, np.random.default_rng(2))
+    p = tmp_path / "t.h5"
+    t.save(p)
+    with h5py.File(p, "r") as f:
+        assert f.attrs["format"] == "volume-table" and f.attrs["spec_id"] == boolean_spec.spec_id
+        assert int(f.attrs["n_samples"]) == 300
+        assert f["keys"].dtype == np.uint8 and f["counts"].dtype == np.uint64 and f["blocks"][...].tolist() == [3]
+        assert ExperimentSpec.from_json(f.attrs["spec"]) == boolean_spec
+    assert FrequencyTable.load(p) == t
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "unsorted", "counts", "spec_id", "not_volume"])
+def test_corrupt_tables_are_refused(tmp_path, boolean_spec, damage):
+    t, _ = random_table(boolean_spec, 0, np.random.default_rng(3))
+    p = tmp_path / "t.h5"
+    t.save(p)
+    if damage == "truncate":
+        data = p.read_bytes()
+        p.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        p.write_bytes(b"not an hdf5 file at all")
+    else:
+        with h5py.File(p, "r+") as f:
+            if damage == "unsorted":
+                k = f["keys"][...]
+                f["keys"][...] = k[::-1]
+            elif damage == "counts":
+                f["counts"][0] = f["counts"][0] + 1
+            elif damage == "spec_id":
+                f.attrs["spec_id"] = "0" * 16
+            else:
+                f.attrs["format"] = "something-else"
+    with pytest.raises(TableError, match="t.h5"):
+        FrequencyTable.load(p)
+
+
+def test_kclass_table():
+    from volume.spec import Output
+
+    spec = ExperimentSpec(output=Output("argmax", 3), block_size=10)
+    labels = np.array(list(itertools.product(range(3), repeat=2)) * 3, dtype=np.uint8)
+    spec = spec.replace(inputs=spec.inputs.__class__(n=1))  # 2 inputs
+    t = FrequencyTable.from_labels(spec, labels, [0])
+    assert t.n_distinct == 9 and set(t.counts.tolist()) == {3}
+    assert t.lookup(["21", "00"]).tolist() == [3, 3]
