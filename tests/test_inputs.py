@@ -54,3 +54,36 @@ def test_missing_and_corrupt_data(tmp_path, mnist_dir):
         read_idx(bad)
     with pytest.raises(DataError, match="has only"):
         load_inputs(ImageSubset(path=str(mnist_dir), count=20000))
+
+
+def test_cifar10_python_batches(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, size=(20, 3072), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=20).tolist()
+    with open(tmp_path / "test_batch", "wb") as f:
+        pickle.dump({b"data": data, b"labels": labels}, f)
+    s = load_inputs(ImageSubset(dataset="cifar10", path=str(tmp_path), split="test", indices=(4, 2)))
+    assert s.x.shape == (2, 3, 32, 32)
+    assert np.allclose(s.x[0] * 255, data[4].reshape(3, 32, 32))
+    assert s.labels.tolist() == [labels[4], labels[2]]
+    with pytest.raises(DataError, match="data_batch_1"):
+        load_inputs(ImageSubset(dataset="cifar10", path=str(tmp_path), split="train", count=2))
+
+
+def test_digits_builtin():
+    s = load_inputs(ImageSubset(dataset="digits", count=50))
+    assert s.x.shape == (50, 1, 8, 8) and s.labels.shape == (50,)
+
+
+def test_cnn_and_fcn_sample_mnist(mnist_dir):
+    from volume.sampler import Sampler
+    from volume.spec import CNN, FCN, ExperimentSpec, Output, Prior
+
+    inputs = ImageSubset(path=str(mnist_dir), count=20)
+    for arch, out in ((CNN(channels=(4, 4), dense=(8,)), Output()), (FCN(hidden=(16,)), Output("argmax", 10))):
+        spec = ExperimentSpec(architecture=arch, inputs=inputs, output=out, block_size=16, prior=Prior(sigma_b=0.1))
+        lab = Sampler(spec, sub_batch=5).labels(0)
+        assert lab.shape == (16, 20) and lab.max() < out.classes
+        assert np.array_equal(lab, Sampler(spec, sub_batch=16).labels(0))
