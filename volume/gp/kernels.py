@@ -1,0 +1,316 @@
+"""Kernels of the Gaussian process that a wide network's output follows under the prior.
+
+Analytic NNGP kernel (fully connected networks; Neal 1996, Williams 1997, Lee et al. 2018,
+as used by Valle-Perez et al. 2019 and Mingard et al. 2021). With d input features,
+
+    K^0(x, x') = sigma_b^2 + sigma_w^2 x.x' / d                      (first pre-activation)
+    K^{l+1}    = sigma_b^2 + sigma_w^2 E_{(u,u') ~ N(0, K^l)} [phi(u) phi(u')]
+
+    ReLU:  E[...] = sqrt(K_xx K_x'x') (sin t + (pi - t) cos t) / (2 pi),
+           cos t = K_xx' / sqrt(K_xx K_x'x')                          (Cho & Saul 2009)
+    erf:   E[...] = (2/pi) arcsin(2 K_xx' / sqrt((1 + 2 K_xx)(1 + 2 K_x'x')))  (Williams 1997)
+
+applied once per hidden layer; the result is the kernel of the output unit. Uniform priors
+have the same variances and hence, in the infinite-width limit, the same kernel. There is no
+closed form for tanh or for CNNs: use the empirical kernel.
+
+Empirical (Monte-Carlo) kernel of any spec: the mean over sampled networks of the output
+covariance *given* the last hidden layer h_L (width = fan-in of the output layer),
+
+    K_hat(x, x') = mean_i [ sigma_w^2 h_L^i(x).h_L^i(x') / width + sigma_b^2 ],
+
+with its standard error (standard deviation over networks / sqrt(n)). Networks come from
+the project's own batched machinery (``volume.models.draw_params`` / ``forward``) and block b
+of draws uses ``volume.sampler.block_generator(seed, b)``, so draw i of block b is the same
+network the sampler draws (with the same block size). For a single hidden layer and a
+Gaussian prior the estimate is unbiased at any width; deeper networks approach the NNGP
+kernel as width -> infinity (error O(1/width)).
+
+Both kernels are computed in row blocks, so memory stays at the M x M result (float64) plus a
+bounded working set; kernels of several thousand inputs fit in a few hundred MB.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from volume.errors import VolumeError
+from volume.inputs import InputSet, load_inputs
+from volume.models import Layer, draw_params, forward, layer_shapes
+from volume.sampler import block_generator
+from volume.spec import FCN, ExperimentSpec
+
+#: bytes of working memory a kernel computation aims to stay within (besides its result)
+DEFAULT_MEMORY = 256 * 2**20
+
+MapFn = Callable[[Callable[[Any], Any], Sequence[Any]], list]
+
+
+class KernelError(VolumeError):
+    """A kernel cannot be computed for this spec, or a given kernel is unusable."""
+
+
+# --------------------------------------------------------------------------- analytic
+def _relu_expectation(kxy: np.ndarray, kxx: np.ndarray, kyy: np.ndarray) -> np.ndarray:
+    """E[relu(u) relu(u')] for (u, u') ~ N(0, [[kxx, kxy], [kxy, kyy]]) (arc-cosine kernel of degree 1)."""
+    norm = np.sqrt(kxx * kyy)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.where(norm > 0, kxy / norm, 0.0)
+    np.clip(cos, -1.0, 1.0, out=cos)
+    theta = np.arccos(cos)
+    return norm * (np.sqrt(1.0 - cos * cos) + (np.pi - theta) * cos) / (2.0 * np.pi)
+
+
+def _erf_expectation(kxy: np.ndarray, kxx: np.ndarray, kyy: np.ndarray) -> np.ndarray:
+    """E[erf(u) erf(u')] for (u, u') ~ N(0, [[kxx, kxy], [kxy, kyy]]) (Williams 1997)."""
+    arg = 2.0 * kxy / np.sqrt((1.0 + 2.0 * kxx) * (1.0 + 2.0 * kyy))
+    return (2.0 / np.pi) * np.arcsin(np.clip(arg, -1.0, 1.0))
+
+
+_EXPECTATIONS = {"relu": _relu_expectation, "erf": _erf_expectation}
+
+
+def nngp_layer(kxy: np.ndarray, kxx: np.ndarray, kyy: np.ndarray, activation: str,
+               sigma_w: float, sigma_b: float) -> np.ndarray:
+    """One step of the NNGP recursion: K^{l+1} = sigma_b^2 + sigma_w^2 E[phi(u) phi(u')].
+
+    ``kxx`` and ``kyy`` are the variances of the two arguments, broadcast against ``kxy``."""
+    if activation not in _EXPECTATIONS:
+        raise KernelError(
+            f"architecture.activation = {activation!r} has no closed-form NNGP kernel here: "
+            f"use activation 'relu' or 'erf', or kernel='empirical'"
+        )
+    return sigma_b**2 + sigma_w**2 * _EXPECTATIONS[activation](kxy, kxx, kyy)
+
+
+def _check_fcn(spec: ExperimentSpec) -> FCN:
+    arch = spec.architecture
+    if not isinstance(arch, FCN):
+        raise KernelError("the analytic NNGP kernel is implemented for fully connected networks "
+                          "(architecture.kind = 'fcn'); for a CNN use kernel='empirical'")
+    if arch.activation not in _EXPECTATIONS:
+        nngp_layer(np.zeros(1), np.ones(1), np.ones(1), arch.activation, 1.0, 0.0)  # raises
+    return arch
+
+
+def analytic_kernel(spec: ExperimentSpec, inputs: InputSet | None = None, *,
+                    memory_bytes: int = DEFAULT_MEMORY) -> np.ndarray:
+    """The NNGP kernel (M, M) float64 of the output of ``spec``'s FCN on its input set.
+
+    See the module docstring for the recursion. The diagonal follows the exact 1-D recursion
+    (so K_xx is not subject to the arccos round-off), rows are computed in blocks of at most
+    ``memory_bytes`` of temporaries.
+    """
+    arch = _check_fcn(spec)
+    inputs = inputs if inputs is not None else load_inputs(spec.inputs)
+    x = np.asarray(inputs.flat, dtype=np.float64)
+    m, d = x.shape
+    sw, sb = spec.prior.sigma_w, spec.prior.sigma_b
+    depth = len(arch.hidden)
+    # diagonals K^l_xx, l = 0..depth
+    diags = [sb**2 + sw**2 * np.einsum("ij,ij->i", x, x) / d]
+    for _ in range(depth):
+        k = diags[-1]
+        diags.append(nngp_layer(k, k, k, arch.activation, sw, sb))
+    out = np.empty((m, m), dtype=np.float64)
+    rows = max(1, min(m, memory_bytes // max(1, 8 * 8 * m)))
+    for r0 in range(0, m, rows):
+        r1 = min(m, r0 + rows)
+        k = sb**2 + sw**2 * (x[r0:r1] @ x.T) / d
+        for layer in range(depth):
+            k = nngp_layer(k, diags[layer][r0:r1, None], diags[layer][None, :], arch.activation, sw, sb)
+        out[r0:r1] = k
+    idx = np.arange(m)
+    out[idx, idx] = diags[-1]
+    return out
+
+
+# --------------------------------------------------------------------------- empirical
+@dataclass(frozen=True)
+class EmpiricalKernel:
+    """Monte-Carlo kernel: mean ``K`` (M, M) and its standard error ``stderr`` over ``n_networks``."""
+
+    K: np.ndarray
+    stderr: np.ndarray
+    n_networks: int
+    blocks: tuple[int, ...]
+    block_size: int
+    seed: int
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Moments:
+    """Sums over networks of G_i = h_i h_i^T / width and of G_i^2 (elementwise), float64."""
+
+    s1: np.ndarray
+    s2: np.ndarray
+    n: int
+
+    def __add__(self, other: "_Moments") -> "_Moments":
+        return _Moments(self.s1 + other.s1, self.s2 + other.s2, self.n + other.n)
+
+
+def _activation_size(layers: list[Layer], input_shape: tuple[int, ...]) -> int:
+    """Largest number of activations one network holds per input (for memory budgeting)."""
+    size = math.prod(input_shape)
+    spatial = math.prod(input_shape[1:]) if len(input_shape) == 3 else 1
+    for layer in layers:
+        if layer.kind == "conv":  # 'same' padding keeps the spatial size until the pooling
+            size = max(size, layer.weight_shape[0] * spatial)
+            if layer.pool != "none":
+                spatial = max(1, spatial // 4)
+        else:
+            size = max(size, layer.weight_shape[0])
+    return size
+
+
+def _hidden_features(spec: ExperimentSpec, hidden: list[Layer], params: dict[str, torch.Tensor],
+                     x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Last hidden layer h_L (B, M, width) of the stacked networks, inputs in chunks."""
+    batch = params["weight0"].shape[0]
+    parts = []
+    for start in range(0, x.shape[0], chunk):
+        xs = x[start:start + chunk]
+        if not hidden:  # no hidden layer: the output layer reads the inputs themselves
+            h = xs.reshape(1, xs.shape[0], -1).expand(batch, -1, -1)
+        else:
+            h = forward(spec, hidden, params, xs)
+            if h.dim() == 4:  # CNN without dense layers: (M, B*C, H, W) -> (B, M, C*H*W)
+                h = h.reshape(xs.shape[0], batch, -1).transpose(0, 1)
+        parts.append(h)
+    return torch.cat(parts, dim=1)
+
+
+class KernelBlockTask:
+    """Picklable task: the kernel moments of a group of blocks of networks (for ``map_fn``).
+
+    Block b draws ``block_size`` networks from ``block_generator(seed, b)`` with
+    ``draw_params`` over all layers (the sampler's randomness layout) and evaluates the
+    hidden layers with ``forward``; networks and inputs are processed in sub-batches that
+    keep the working set within ``memory_bytes``.
+    """
+
+    def __init__(self, spec: ExperimentSpec, x: np.ndarray, block_size: int, seed: int,
+                 memory_bytes: int = DEFAULT_MEMORY):
+        self.spec = spec
+        self.x = np.ascontiguousarray(x, dtype=np.float32)
+        self.block_size = block_size
+        self.seed = seed
+        self.memory_bytes = memory_bytes
+
+    def __call__(self, blocks: Iterable[int]) -> _Moments:
+        spec = self.spec
+        x = torch.from_numpy(self.x)
+        m = x.shape[0]
+        layers = layer_shapes(spec, tuple(self.x.shape[1:]))
+        hidden = [Layer(lyr.kind, lyr.weight_shape, lyr.fan_in, lyr.pool, last=False) for lyr in layers[:-1]]
+        width = layers[-1].fan_in
+        per_input = 4 * 3 * _activation_size(layers, tuple(self.x.shape[1:]))
+        sub = max(1, min(self.block_size, self.memory_bytes // max(1, per_input * m), self.memory_bytes // (8 * m * width)))
+        chunk = max(1, min(m, self.memory_bytes // max(1, per_input * sub)))
+        rows = max(1, min(m, self.memory_bytes // (8 * 2 * sub * m)))
+        s1 = np.zeros((m, m), dtype=np.float64)
+        s2 = np.zeros((m, m), dtype=np.float64)
+        n = 0
+        with torch.no_grad():
+            for b in blocks:
+                params = draw_params(spec, layers, self.block_size, block_generator(self.seed, int(b)))
+                for start in range(0, self.block_size, sub):
+                    p = {k: v[start:start + sub] for k, v in params.items()}
+                    h = _hidden_features(spec, hidden, p, x, chunk).to(torch.float64)
+                    for r0 in range(0, m, rows):
+                        g = torch.matmul(h[:, r0:r0 + rows], h.transpose(1, 2)) / width  # (b, R, M)
+                        s1[r0:r0 + rows] += g.sum(0).numpy()
+                        s2[r0:r0 + rows] += (g * g).sum(0).numpy()
+                    n += h.shape[0]
+        return _Moments(s1, s2, n)
+
+
+def _in_process_reduce(func: Callable[[Any], _Moments], items: Sequence[Any]) -> _Moments:
+    total: _Moments | None = None
+    for item in items:  # reduce as results arrive: holds two M x M sums, not one per task
+        part = func(item)
+        total = part if total is None else total + part
+    assert total is not None
+    return total
+
+
+def empirical_kernel(spec: ExperimentSpec, inputs: InputSet | None = None, *, n_networks: int = 1024,
+                     block_size: int | None = None, seed: int | None = None, blocks_per_task: int = 1,
+                     map_fn: MapFn | None = None, memory_bytes: int = DEFAULT_MEMORY) -> EmpiricalKernel:
+    """Monte-Carlo kernel of any spec from ``n_networks`` sampled networks (rounded up to whole blocks).
+
+    Parameters: ``block_size`` networks per block (default ``min(spec.block_size, 256, n_networks)``),
+    ``seed`` (default ``spec.seed``); block b uses ``block_generator(seed, b)``, so the result
+    depends only on (spec, seed, block_size, number of blocks). ``map_fn(func, items) -> list``
+    distributes the tasks (groups of ``blocks_per_task`` blocks), e.g. ``volume.jobs.ray_map``;
+    the default evaluates them here one after another. Each task returns two M x M float64
+    sums, so a ``map_fn`` that gathers all results holds 16 M^2 bytes per task.
+    """
+    if isinstance(n_networks, bool) or not isinstance(n_networks, int) or n_networks < 2:
+        raise KernelError(f"n_networks = {n_networks!r}: the empirical kernel needs an integer >= 2 "
+                          "networks (its standard error needs two)")
+    block_size = min(spec.block_size, 256, n_networks) if block_size is None else block_size
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise KernelError(f"block_size = {block_size!r} must be an integer >= 1")
+    if blocks_per_task < 1:
+        raise KernelError(f"blocks_per_task = {blocks_per_task!r} must be >= 1")
+    seed = spec.seed if seed is None else int(seed)
+    inputs = inputs if inputs is not None else load_inputs(spec.inputs)
+    n_blocks = -(-n_networks // block_size)
+    blocks = tuple(range(n_blocks))
+    tasks = [blocks[i:i + blocks_per_task] for i in range(0, n_blocks, blocks_per_task)]
+    task = KernelBlockTask(spec, inputs.x, block_size, seed, memory_bytes)
+    if map_fn is None:
+        mom = _in_process_reduce(task, tasks)
+    else:
+        parts = list(map_fn(task, tasks))
+        if len(parts) != len(tasks):
+            raise KernelError(f"map_fn returned {len(parts)} results for {len(tasks)} tasks")
+        mom = parts[0]
+        for p in parts[1:]:
+            mom = mom + p
+    return finish_moments(spec, mom, blocks, block_size, seed)
+
+
+def finish_moments(spec: ExperimentSpec, mom: _Moments, blocks: tuple[int, ...], block_size: int,
+                   seed: int) -> EmpiricalKernel:
+    """Mean and standard error of Phi_i = sigma_w^2 G_i + sigma_b^2 from the sums of G_i, G_i^2."""
+    n = mom.n
+    sw2, sb2 = spec.prior.sigma_w**2, spec.prior.sigma_b**2
+    mean_g = mom.s1 / n
+    var_g = np.maximum(mom.s2 / n - mean_g**2, 0.0) * (n / (n - 1))
+    K = sw2 * mean_g + sb2
+    K = (K + K.T) / 2
+    stderr = sw2 * np.sqrt(var_g / n)
+    return EmpiricalKernel(K=K, stderr=stderr, n_networks=n, blocks=blocks, block_size=block_size, seed=seed,
+                           meta={"method": "empirical"})
+
+
+def spec_kernel(spec: ExperimentSpec, kind: str = "analytic", inputs: InputSet | None = None,
+                **empirical_kw: Any) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """Kernel of ``kind`` ('analytic' or 'empirical') for a spec: (K, its standard error or
+    None, JSON-able metadata)."""
+    if spec.output.kind != "threshold":
+        raise KernelError("the GP path models one threshold output (output.kind = 'threshold'); "
+                          f"this spec has output.kind = {spec.output.kind!r}")
+    if kind == "analytic":
+        if empirical_kw:
+            raise KernelError(f"options {sorted(empirical_kw)} apply to kernel='empirical' only")
+        return analytic_kernel(spec, inputs), None, {"kernel": "analytic"}
+    if kind == "empirical":
+        ek = empirical_kernel(spec, inputs, **empirical_kw)
+        return ek.K, ek.stderr, {"kernel": "empirical", "n_networks": ek.n_networks,
+                                 "block_size": ek.block_size, "seed": ek.seed,
+                                 "stderr_max": float(ek.stderr.max())}
+    raise KernelError(f"kernel = {kind!r}: use 'analytic' (FCN with relu/erf) or 'empirical' (any spec)")
+
+
+__all__ = ["analytic_kernel", "empirical_kernel", "nngp_layer", "spec_kernel", "EmpiricalKernel",
+           "KernelBlockTask", "KernelError"]
