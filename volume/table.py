@@ -15,8 +15,6 @@ renamed over the target, so a reader sees the old table or the new one, never ha
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from volume import __version__
 from volume.errors import TableError
+from volume.h5io import atomic_h5
 from volume.keys import key_bytes, pack_labels, parse_function
 from volume.spec import ExperimentSpec, SpecError
 
@@ -186,31 +185,17 @@ class FrequencyTable:
     # ---- files ---------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Write atomically: temporary file in the same directory, fsync, rename."""
-        import h5py
-
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-        os.close(fd)
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["format_version"] = FORMAT_VERSION
-                f.attrs["spec"] = self.spec.to_json(indent=None)
-                f.attrs["spec_id"] = self.spec_id
-                f.attrs["n_samples"] = np.uint64(self.n_samples)
-                f.attrs["library_version"] = __version__
-                f.create_dataset("keys", data=self.keys, dtype=np.uint8,
-                                 chunks=True if self.n_distinct else None, compression="gzip" if self.n_distinct > 4096 else None)
-                f.create_dataset("counts", data=self.counts, dtype=np.uint64)
-                f.create_dataset("blocks", data=self.blocks, dtype=np.int64)
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_h5(path) as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["spec"] = self.spec.to_json(indent=None)
+            f.attrs["spec_id"] = self.spec_id
+            f.attrs["n_samples"] = np.uint64(self.n_samples)
+            f.attrs["library_version"] = __version__
+            f.create_dataset("keys", data=self.keys, dtype=np.uint8, chunks=True if self.n_distinct else None,
+                             compression="gzip" if self.n_distinct > 4096 else None)
+            f.create_dataset("counts", data=self.counts, dtype=np.uint64)
+            f.create_dataset("blocks", data=self.blocks, dtype=np.int64)
 
     @classmethod
     def load(cls, path: str | Path) -> "FrequencyTable":

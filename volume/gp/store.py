@@ -9,8 +9,6 @@ Root attributes: ``format="volume-gp-kernel"``, ``format_version``, ``spec`` (JS
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import numpy as np
 from volume import __version__
 from volume.errors import DataError
 from volume.gp.kernels import KernelError
+from volume.h5io import atomic_h5
 from volume.spec import ExperimentSpec, SpecError
 
 FORMAT = "volume-gp-kernel"
@@ -26,29 +25,17 @@ FORMAT_VERSION = 1
 
 def save_kernel(path: str | Path, spec: ExperimentSpec, K: np.ndarray, meta: dict,
                 stderr: np.ndarray | None = None) -> None:
-    import h5py
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["spec"] = spec.to_json(indent=None)
-            f.attrs["spec_id"] = spec.spec_id
-            f.attrs["kernel"] = str(meta.get("kernel", ""))
-            f.attrs["meta"] = json.dumps(meta, sort_keys=True)
-            f.attrs["library_version"] = __version__
-            f.create_dataset("K", data=np.asarray(K, dtype=np.float64))
-            if stderr is not None:
-                f.create_dataset("stderr", data=np.asarray(stderr, dtype=np.float64))
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_h5(path) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["spec"] = spec.to_json(indent=None)
+        f.attrs["spec_id"] = spec.spec_id
+        f.attrs["kernel"] = str(meta.get("kernel", ""))
+        f.attrs["meta"] = json.dumps(meta, sort_keys=True)
+        f.attrs["library_version"] = __version__
+        f.create_dataset("K", data=np.asarray(K, dtype=np.float64))
+        if stderr is not None:
+            f.create_dataset("stderr", data=np.asarray(stderr, dtype=np.float64))
 
 
 def load_kernel(path: str | Path, spec: ExperimentSpec | None = None) -> tuple[np.ndarray, dict, ExperimentSpec]:

@@ -1,0 +1,35 @@
+"""Atomic HDF5 writes shared by every file the project makes (tables, kernels).
+
+``atomic_h5(path)`` yields an open ``h5py.File`` on a temporary file in the target's
+directory; on a clean exit the file is flushed, fsynced and renamed over ``path``
+(``os.replace`` is atomic on POSIX), so a reader sees the old file or the new one, never
+half of one; on any error the temporary file is removed and ``path`` is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_h5(path: str | Path) -> Iterator["h5py.File"]:  # noqa: F821
+    import h5py
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
