@@ -1,0 +1,31 @@
+"""`volume experiment flatness-vs-volume CONFIG`: the flatness-vs-volume comparison
+(volume.experiments.flatness_vs_volume); writes CSVs, plots and a summary to --out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("experiment", help="run a packaged experiment")
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    sub.required = True
+    f = sub.add_parser("flatness-vs-volume",
+                       help="train networks, measure flatness and log P(f) at the minima, alpha-rescale, correlate")
+    f.add_argument("config", help="experiment TOML (examples/flatness.toml, examples/flatness_small.toml)")
+    f.add_argument("--out", default=None, help="output directory (default: results/<config name>)")
+    f.add_argument("--quiet", action="store_true", help="print only the summary")
+    f.set_defaults(func=_flatness)
+
+
+def _flatness(args) -> int:
+    from volume.experiments.config import FlatnessConfig
+    from volume.experiments.flatness_vs_volume import run
+
+    config = FlatnessConfig.load(args.config)
+    out = Path(args.out) if args.out else Path("results") / config.name
+    summary = run(config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
+    print(json.dumps(summary, indent=2))
+    print(f"outputs in {out}")
+    return 0

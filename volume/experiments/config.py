@@ -1,0 +1,216 @@
+"""Configuration of the flatness-vs-volume experiment, read from TOML.
+
+Layout (see examples/flatness_small.toml and examples/flatness.toml)::
+
+    name = "flatness"
+    [measures]                 # how each flatness measure is estimated
+    [rescale]                  # alpha-rescaling applied to every minimum
+    [[systems]]                # one per data set: spec, target, split, how the volume is found
+    [[systems.runs]]           # optimizer settings; `repeats` trainings each
+
+``threads`` (default 1) is the number of torch threads during the run: the networks are
+small, so one thread avoids OpenMP synchronisation that costs more than it saves.
+
+A system's ``spec`` is a path to a spec file (relative to the config file) or an inline
+table; a relative ``inputs.path`` is taken relative to the config file too. Unknown or
+invalid fields raise :class:`volume.errors.VolumeError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from volume.errors import VolumeError
+from volume.spec import ExperimentSpec, ImageSubset, Training
+
+VOLUME_METHODS = ("table", "gp")
+
+
+def _err(path: str, value: Any, fix: str) -> VolumeError:
+    return VolumeError(f"experiment config field '{path}' = {value!r} is invalid: {fix}")
+
+
+def _build(path: str, cls, d: Any):
+    if not isinstance(d, dict):
+        raise _err(path, d, "must be a table")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - allowed
+    if unknown:
+        raise VolumeError(f"unknown field(s) {', '.join(f'{path}.{u}' for u in sorted(unknown))}: "
+                          f"allowed are {', '.join(sorted(allowed))}")
+    try:
+        return cls(**d)
+    except TypeError as e:
+        raise VolumeError(f"experiment config section '{path}': {e}") from None
+
+
+def _positive(path: str, v: Any, integer: bool = True) -> None:
+    ok = (isinstance(v, int) and not isinstance(v, bool)) if integer else isinstance(v, (int, float))
+    if not ok or not math.isfinite(v) or v <= 0:
+        raise _err(path, v, f"must be a positive {'integer' if integer else 'number'}")
+
+
+@dataclass(frozen=True)
+class Measures:
+    lanczos_tol: float = 1e-4
+    hutchinson_samples: int = 50
+    sharpness_eps: float = 1e-3  # Keskar et al.'s box eps(|theta| + 1)
+    adaptive_eps: float = 1e-2  # adaptive box eps |theta|
+    sharpness_steps: int = 20
+    local_energy_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
+    local_energy_draws: int = 200
+
+    def __post_init__(self) -> None:
+        for name in ("lanczos_tol", "sharpness_eps", "adaptive_eps"):
+            _positive(f"measures.{name}", getattr(self, name), integer=False)
+        for name in ("hutchinson_samples", "sharpness_steps", "local_energy_draws"):
+            _positive(f"measures.{name}", getattr(self, name))
+        if self.hutchinson_samples < 2 or self.local_energy_draws < 2:
+            raise _err("measures.hutchinson_samples/local_energy_draws", "<2", "need >= 2 for a standard error")
+        s = tuple(float(x) for x in self.local_energy_sigmas)
+        if not s or any(not math.isfinite(x) or x <= 0 for x in s):
+            raise _err("measures.local_energy_sigmas", self.local_energy_sigmas, "a non-empty list of numbers > 0")
+        object.__setattr__(self, "local_energy_sigmas", s)
+
+
+@dataclass(frozen=True)
+class Rescale:
+    """Every minimum i is rescaled at hidden ``layer`` by alpha_i = exp(u), u ~ U(-ln a, ln a), a = alpha_max."""
+
+    alpha_max: float = 10.0
+    layer: int = 0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        _positive("rescale.alpha_max", self.alpha_max, integer=False)
+        if self.alpha_max <= 1:
+            raise _err("rescale.alpha_max", self.alpha_max, "must be > 1")
+        if not isinstance(self.layer, int) or self.layer < 0:
+            raise _err("rescale.layer", self.layer, "a hidden layer index >= 0")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One optimizer setting: the optimizer fields of :class:`volume.spec.Training` (optimizer,
+    lr, batch_size, loss, rho, momentum, max_epochs) and the number of trainings."""
+
+    settings: Training
+    repeats: int = 10
+
+    @classmethod
+    def from_dict(cls, path: str, d: Any) -> "Run":
+        if not isinstance(d, dict):
+            raise _err(path, d, "must be a table")
+        d = dict(d)
+        repeats = d.pop("repeats", 10)
+        _positive(f"{path}.repeats", repeats)
+        bad = set(d) & {"train_indices", "target"}
+        if bad:
+            raise VolumeError(f"{path}: {sorted(bad)} are set by the system (train_size, split_seed, target)")
+        return cls(_build(path, Training, d), repeats)
+
+    def training(self, train_indices, target: str) -> Training:
+        return dataclasses.replace(self.settings, train_indices=tuple(train_indices), target=target)
+
+    def __getattr__(self, name: str):
+        if name == "settings":
+            raise AttributeError(name)
+        return getattr(self.settings, name)
+
+    @property
+    def label(self) -> str:
+        s = self.settings
+        extra = f",rho={s.rho:g}" if s.optimizer == "sam" else ""
+        extra += f",momentum={s.momentum:g}" if s.momentum else ""
+        return f"{s.optimizer}(lr={s.lr:g},bs={s.batch_size}{extra},{s.loss})"
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    spec: ExperimentSpec
+    target: str
+    train_size: int
+    split_seed: int = 0
+    volume: tuple[str, ...] = ("table",)  # how log P(f) is found: "table" and/or "gp"
+    prior_blocks: int = 16
+    runs: tuple[Run, ...] = ()
+
+
+@dataclass(frozen=True)
+class FlatnessConfig:
+    name: str
+    threads: int = 1  # torch threads while running: small networks are latency-bound
+    measures: Measures = field(default_factory=Measures)
+    rescale: Rescale = field(default_factory=Rescale)
+    systems: tuple[System, ...] = ()
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FlatnessConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise VolumeError(f"experiment config {str(p)!r} does not exist: give a .toml file (see examples/flatness*.toml)")
+        try:
+            d = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
+        return cls.from_dict(d, base=p.resolve().parent)
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Path = Path(".")) -> "FlatnessConfig":
+        unknown = set(d) - {"name", "threads", "measures", "rescale", "systems"}
+        if unknown:
+            raise VolumeError(f"unknown experiment config field(s) {sorted(unknown)}: "
+                              "allowed are name, threads, measures, rescale, systems")
+        _positive("threads", d.get("threads", 1))
+        systems = d.get("systems", [])
+        if not isinstance(systems, list) or not systems:
+            raise _err("systems", systems, "give at least one [[systems]] table")
+        return cls(name=str(d.get("name", "flatness")), threads=int(d.get("threads", 1)),
+                   measures=_build("measures", Measures, d.get("measures", {})),
+                   rescale=_build("rescale", Rescale, d.get("rescale", {})),
+                   systems=tuple(_system(i, s, base) for i, s in enumerate(systems)))
+
+
+def _system(i: int, d: Any, base: Path) -> System:
+    path = f"systems[{i}]"
+    if not isinstance(d, dict):
+        raise _err(path, d, "must be a table")
+    allowed = {f.name for f in dataclasses.fields(System)}
+    unknown = set(d) - allowed
+    if unknown:
+        raise VolumeError(f"unknown field(s) {sorted(unknown)} in {path}: allowed are {', '.join(sorted(allowed))}")
+    for req in ("name", "spec", "target", "train_size"):
+        if req not in d:
+            raise _err(f"{path}.{req}", None, "is required")
+    spec_d = d["spec"]
+    if isinstance(spec_d, str):
+        spec = ExperimentSpec.load(base / spec_d)
+    elif isinstance(spec_d, dict):
+        spec = ExperimentSpec.from_dict(spec_d)
+    else:
+        raise _err(f"{path}.spec", spec_d, "a spec file path or an inline table")
+    if isinstance(spec.inputs, ImageSubset) and spec.inputs.path and not Path(spec.inputs.path).is_absolute():
+        spec = spec.replace(inputs=dataclasses.replace(spec.inputs, path=str((base / spec.inputs.path).resolve())))
+    spec = spec.replace(training=None)
+    _positive(f"{path}.train_size", d["train_size"])
+    if d["train_size"] >= spec.n_inputs:
+        raise _err(f"{path}.train_size", d["train_size"], f"must be < {spec.n_inputs} (the rest is the test set)")
+    volume = d.get("volume", "table")
+    volume = (volume,) if isinstance(volume, str) else volume
+    if (not isinstance(volume, (list, tuple)) or not volume or len(set(volume)) != len(volume)
+            or any(v not in VOLUME_METHODS for v in volume)):
+        raise _err(f"{path}.volume", d.get("volume"), f"one or a list of {', '.join(VOLUME_METHODS)}")
+    _positive(f"{path}.prior_blocks", d.get("prior_blocks", 16))
+    runs = d.get("runs", [])
+    if not isinstance(runs, list) or not runs:
+        raise _err(f"{path}.runs", runs, "give at least one [[systems.runs]] table")
+    return System(name=str(d["name"]), spec=spec, target=str(d["target"]), train_size=int(d["train_size"]),
+                  split_seed=int(d.get("split_seed", 0)), volume=tuple(volume),
+                  prior_blocks=int(d.get("prior_blocks", 16)),
+                  runs=tuple(Run.from_dict(f"{path}.runs[{j}]", r) for j, r in enumerate(runs)))
