@@ -9,6 +9,12 @@ then dense layers. The last layer has ``spec.output.units`` outputs and no activ
 leading draw dimension B, and there is no Python loop over draws (dense layers are one
 batched matmul; conv layers are one grouped convolution with groups = B).
 
+Parameter draws follow one stream layout (:func:`draw_standard`): units of ``UNIT`` draws,
+one generator call per parameter tensor and unit, biases not drawn when sigma_b = 0; the
+standard (unit-variance) draws are scaled by sigma_w / sqrt(fan_in) and sigma_b
+(:func:`scale_params`, :func:`draw_params`). The sampler generates the same stream in
+sub-batches (``volume.sampler.BlockStream``).
+
 ``Network`` is the same architecture as an ``nn.Module`` for one parameter set (training,
 Hessians); its forward is the batched forward with B = 1, so the two always agree.
 """
@@ -80,32 +86,84 @@ def n_params(layers: list[Layer]) -> int:
     return sum(layer.n_params for layer in layers)
 
 
+UNIT = 32
+"""Draws per unit of the random stream (see :func:`draw_standard`); part of the stream layout."""
+
+
+def fill_standard_(t: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Fill contiguous ``t`` in place with unit-variance draws: N(0, 1) (``kind='gaussian'``)
+    or U(-sqrt 3, sqrt 3) (``'uniform'``), one generator call over all of ``t``."""
+    if kind == "gaussian":
+        return t.normal_(generator=generator)
+    return t.uniform_(-math.sqrt(3.0), math.sqrt(3.0), generator=generator)
+
+
+def stream_tensors(spec: ExperimentSpec, layers: list[Layer], batch: int,
+                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Empty buffers for ``batch`` draws, in stream order: weight0 (batch, *shape), bias0
+    (batch, out) [only if sigma_b > 0], weight1, ... (see :func:`draw_standard`)."""
+    out: list[torch.Tensor] = []
+    for layer in layers:
+        out.append(torch.empty(batch, *layer.weight_shape, dtype=dtype))
+        if spec.prior.sigma_b > 0:
+            out.append(torch.empty(batch, *layer.bias_shape, dtype=dtype))
+    return out
+
+
+def fill_unit_(spec: ExperimentSpec, tensors: list[torch.Tensor], lo: int, hi: int,
+               generator: torch.Generator) -> None:
+    """Draw one unit, draws ``lo:hi`` of the stream-order ``tensors``: one generator call
+    per tensor, in order (weight0, bias0, weight1, ...)."""
+    for t in tensors:
+        fill_standard_(t[lo:hi], spec.prior.kind, generator)
+
+
+def draw_standard(spec: ExperimentSpec, layers: list[Layer], batch: int, generator: torch.Generator,
+                  dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """``batch`` unscaled (unit-variance) parameter draws, as the stream-order tensors of
+    :func:`stream_tensors`.
+
+    Stream layout (the randomness contract of the whole project): draws come in units of
+    ``UNIT`` consecutive draws (the last unit of a batch holds the remainder). Units are
+    drawn in order from ``generator``; within unit [lo, hi) the generator fills, one call
+    each and in this order, weight0[lo:hi] (shape (hi-lo, *weight_shape), row-major),
+    bias0[lo:hi], weight1[lo:hi], bias1[lo:hi], ...; biases are not drawn at all when
+    sigma_b == 0 (they are zero). A fill is ``normal_`` (Gaussian prior) or
+    ``uniform_(-sqrt 3, sqrt 3)`` (uniform prior). Draw i therefore depends only on the
+    generator's seed, on i and on the unit it sits in, never on how a caller groups draws
+    into sub-batches; the first k*UNIT draws of a batch are the same for every batch size.
+    """
+    tensors = stream_tensors(spec, layers, batch, dtype)
+    for lo in range(0, batch, UNIT):
+        fill_unit_(spec, tensors, lo, min(lo + UNIT, batch), generator)
+    return tensors
+
+
+def scale_params(spec: ExperimentSpec, layers: list[Layer], tensors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stream-order standard draws -> the named parameters of the prior (new tensors):
+    weight_i * sigma_w / sqrt(fan_in_i), bias_i * sigma_b (zeros when sigma_b == 0)."""
+    prior = spec.prior
+    it = iter(tensors)
+    out: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(layers):
+        w = next(it)
+        out[f"weight{i}"] = w * (prior.sigma_w / math.sqrt(layer.fan_in))
+        if prior.sigma_b > 0:
+            out[f"bias{i}"] = next(it) * prior.sigma_b
+        else:
+            out[f"bias{i}"] = w.new_zeros(w.shape[0], *layer.bias_shape)
+    return out
+
+
 def draw_params(spec: ExperimentSpec, layers: list[Layer], batch: int, generator: torch.Generator,
                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """``batch`` parameter sets from the prior, stacked along dim 0.
+    """``batch`` parameter sets from the prior, stacked along dim 0 (weights (batch, out, in)).
 
-    Randomness layout: one buffer of (batch, n_params) standard draws (normal, or uniform
-    on [-sqrt 3, sqrt 3], both unit variance) filled by a single generator call; draw i owns
-    row i, split in layer order into weight then bias. Weights are scaled by
-    sigma_w / sqrt(fan_in), biases by sigma_b.
+    Weights ~ N(0, sigma_w^2 / fan_in) and biases ~ N(0, sigma_b^2), or uniform with the
+    same variances: the standard draws of :func:`draw_standard` (whose docstring gives the
+    stream layout) scaled by sigma_w / sqrt(fan_in) and sigma_b.
     """
-    prior = spec.prior
-    buf = torch.empty(batch, n_params(layers), dtype=dtype)
-    if prior.kind == "gaussian":
-        buf.normal_(generator=generator)
-    else:
-        buf.uniform_(-math.sqrt(3.0), math.sqrt(3.0), generator=generator)
-    out: dict[str, torch.Tensor] = {}
-    off = 0
-    for i, layer in enumerate(layers):
-        nw = math.prod(layer.weight_shape)
-        w = buf[:, off:off + nw].reshape(batch, *layer.weight_shape)
-        off += nw
-        b = buf[:, off:off + layer.weight_shape[0]]
-        off += layer.weight_shape[0]
-        out[f"weight{i}"] = w * (prior.sigma_w / math.sqrt(layer.fan_in))
-        out[f"bias{i}"] = b * prior.sigma_b
-    return out
+    return scale_params(spec, layers, draw_standard(spec, layers, batch, generator, dtype))
 
 
 def forward(spec: ExperimentSpec, layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

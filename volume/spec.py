@@ -10,7 +10,7 @@ Specs are frozen dataclasses validated on construction; an invalid field raises
 :class:`SpecError` naming the field, the bad value and what is allowed. They load from
 and save to JSON and TOML. ``spec_id`` is the first 16 hex digits of the SHA-256 of the
 canonical JSON (sorted keys, no whitespace) of every field that changes the sampled
-functions; the location of an image data set on disk (``inputs.path``) is not one of
+functions, together with the version of the random-stream layout; the location of an image data set on disk (``inputs.path``) is not one of
 them, so the same experiment has the same id on every machine.
 """
 
@@ -243,6 +243,11 @@ class Training:
 
 _ARCH = {"fcn": FCN, "cnn": CNN}
 _INPUTS = {"boolean": BooleanCube, "image": ImageSubset}
+# Version of the layout in which a block's random numbers become parameters
+# (volume.models.draw_params). It is part of every spec_id, so tables drawn under another
+# layout have another id and can never be merged with, or extended by, new draws.
+RANDOM_STREAM_VERSION = 1
+
 SECTIONS = ("architecture", "prior", "inputs", "output", "seed", "block_size", "training", "name")
 
 
@@ -285,6 +290,7 @@ class ExperimentSpec:
         d["inputs"].pop("path", None)
         if d.get("training") is None:
             d.pop("training", None)
+        d["random_stream"] = RANDOM_STREAM_VERSION
         return d
 
     def canonical_json(self) -> str:
