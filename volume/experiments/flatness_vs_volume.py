@@ -63,15 +63,12 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
     volumes = {}
     if "table" in system.volume:
         t0 = time.perf_counter()
-        table = prior_table(spec, system.prior_blocks, inputs)
+        table = prior_table(spec, system.prior_blocks)
         log(f"[{system.name}] prior table: {table.n_samples} samples, {table.n_distinct} functions "
             f"({time.perf_counter() - t0:.1f} s)")
         volumes["table"] = lambda labels: table_log_prior(table, labels)
     if "gp" in system.volume:
         gp = GPVolume(spec)
-        if not gp.available:
-            notes.append(f"{system.name}: log_prior_gp missing: {gp.reason}")
-            log(f"[{system.name}] {notes[-1]}")
         volumes["gp"] = lambda labels: (gp(labels), "")
 
     def volume(labels, row, suffix=""):

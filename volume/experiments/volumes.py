@@ -6,8 +6,7 @@
   flagged by ``in_table = False``.
 * 'gp': the Gaussian-process (EP) estimate ``volume.gp.estimate.log_prior(spec, labels).log_p``
   with the analytic NNGP kernel of the spec's whole input set, computed once and passed
-  as ``kernel_matrix``. If that module is not available the value is NaN and
-  ``available`` is False.
+  as ``kernel_matrix``.
 """
 
 from __future__ import annotations
@@ -16,25 +15,19 @@ import math
 
 import numpy as np
 
+from volume.estimate import unseen_upper_bound
+from volume.gp.estimate import log_prior
+from volume.gp.kernels import spec_kernel
 from volume.inputs import load_inputs
 from volume.keys import pack_labels
-from volume.sampler import Sampler
+from volume.runner import run_local
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
 
-UPPER_CONFIDENCE = 0.95
 
-
-def prior_table(spec: ExperimentSpec, blocks: int, inputs=None) -> FrequencyTable:
+def prior_table(spec: ExperimentSpec, blocks: int) -> FrequencyTable:
     """Prior table of ``spec`` over blocks 0..blocks-1."""
-    sampler = Sampler(spec, inputs)
-    labels = np.concatenate([sampler.labels(b) for b in range(blocks)])
-    return FrequencyTable.from_labels(spec, labels, range(blocks))
-
-
-def unseen_upper_bound(n: int) -> float:
-    """One-sided upper bound on P(f) for a function seen 0 times in n draws: 1 - (1 - c)^(1/n)."""
-    return 1.0 - (1.0 - UPPER_CONFIDENCE) ** (1.0 / n)
+    return run_local(spec, blocks * spec.block_size)
 
 
 def table_log_prior(table: FrequencyTable, labels: np.ndarray) -> tuple[float, bool]:
@@ -45,27 +38,18 @@ def table_log_prior(table: FrequencyTable, labels: np.ndarray) -> tuple[float, b
 
 
 class GPVolume:
-    """Wraps volume.gp.estimate.log_prior, if present; caches by function."""
+    """log P(f) by volume.gp.estimate.log_prior with the spec's analytic kernel, computed
+    once; results cached by function."""
 
     def __init__(self, spec: ExperimentSpec):
         self.spec = spec
-        try:
-            from volume.gp.estimate import log_prior
-        except ImportError as e:
-            self.log_prior, self.available, self.reason = None, False, f"volume.gp.estimate.log_prior unavailable ({e})"
-        else:
-            self.log_prior, self.available, self.reason = log_prior, True, ""
         self.cache: dict[bytes, float] = {}
         self.kernel = None
 
     def __call__(self, labels: np.ndarray) -> float:
-        if not self.available:
-            return float("nan")
         if self.kernel is None:
-            from volume.gp.kernels import spec_kernel
-
             self.kernel = spec_kernel(self.spec, "analytic", load_inputs(self.spec.inputs))[0]
         key = labels.tobytes()
         if key not in self.cache:
-            self.cache[key] = float(self.log_prior(self.spec, labels, kernel_matrix=self.kernel).log_p)
+            self.cache[key] = float(log_prior(self.spec, labels, kernel_matrix=self.kernel).log_p)
         return self.cache[key]
