@@ -17,10 +17,10 @@ def test_cli_end_to_end(tmp_path, boolean_spec, capsys):
     spec = tmp_path / "tiny.toml"
     boolean_spec.save(spec)
     out = tmp_path / "t.h5"
-    assert main(["sample", str(spec), "-n", "1000", "-o", str(out), "--quiet"]) == 0
+    assert main(["sample", str(spec), "-n", "1000", "-o", str(out), "--quiet", "--in-process"]) == 0
     assert FrequencyTable.load(out).n_samples == 1024  # rounded up to whole blocks of 512
-    assert main(["sample", str(spec), "-n", "2048", "-o", str(out), "--quiet"]) == 0  # extends
-    assert main(["sample", str(spec), "-n", "512", "-o", str(out), "--quiet", "--add"]) == 0
+    assert main(["sample", str(spec), "-n", "2048", "-o", str(out), "--quiet", "--in-process"]) == 0  # extends
+    assert main(["sample", str(spec), "-n", "512", "-o", str(out), "--quiet", "--add", "--in-process"]) == 0
     t = FrequencyTable.load(out)
     assert t.n_samples == 2560 and t.blocks.tolist() == [0, 1, 2, 3, 4]
     capsys.readouterr()

@@ -15,6 +15,7 @@ from volume.errors import VolumeError
 COMMAND_MODULES = [
     "volume.commands.sample",
     "volume.commands.core",
+    "volume.commands.serve",
     "volume.commands.flatness",
     "volume.commands.gp",
 ]

@@ -10,6 +10,7 @@ resumes it, and asking for more draws extends the table.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -60,7 +61,11 @@ class BlockAccumulator:
         self._last = time.monotonic()
 
     def add(self, block: int, keys: np.ndarray) -> None:
-        self._pending.append(FrequencyTable.from_keys(self.table.spec, keys, [block]))
+        self.add_table(FrequencyTable.from_keys(self.table.spec, keys, [block]))
+
+    def add_table(self, counted: FrequencyTable) -> None:
+        """Fold a table of already counted blocks (e.g. one a Ray worker counted)."""
+        self._pending.append(counted)
         if time.monotonic() - self._last >= self.checkpoint_seconds:
             self.flush()
 
@@ -72,6 +77,30 @@ class BlockAccumulator:
             self.table.save(self.path)
         self._last = time.monotonic()
         return self.table
+
+
+@contextlib.contextmanager
+def table_lock(path: str | Path | None):
+    """Hold an exclusive lock on ``PATH.lock`` while a job writes the table at ``path``, so
+    that two jobs never fold blocks into the same file (each would overwrite the other's
+    checkpoints). The lock is released when the holder exits, even if it is killed."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(str(path) + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TableError(f"another job is writing {str(path)!r} (it holds {str(lock_path)!r}): "
+                             "wait for it to finish, or choose another output path") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *,

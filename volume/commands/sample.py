@@ -1,11 +1,17 @@
 """`volume sample SPEC -n N -o TABLE.h5`: draw N functions (rounded up to whole blocks)
-into a table, resuming or extending the table already at TABLE.h5 (same spec only)."""
+into a table, resuming or extending the table already at TABLE.h5 (same spec only).
+
+By default the blocks run on Ray: a local instance with one worker per core, or the
+cluster named by --address (auto, ray://HOST:10001, HOST:PORT) or by RAY_ADDRESS (set by
+`ray job submit -- volume sample ...`). --in-process draws them in this process without Ray.
+Either way the table depends only on the spec and N: rerunning resumes a stopped job.
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from volume.runner import missing_blocks, open_table, progress_bar, run_local
+from volume.runner import missing_blocks, open_table, progress_bar, run_local, table_lock
 from volume.spec import ExperimentSpec
 
 
@@ -17,6 +23,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="total draws the table should hold (rounded up to whole blocks); rerun to resume")
     p.add_argument("-o", "--output", required=True, help="output table (.h5); an existing one of the same spec is extended")
     p.add_argument("--add", action="store_true", help="add N draws to what the table already holds instead")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--in-process", action="store_true", help="draw in this process, without Ray")
+    where.add_argument("--address", default=None,
+                       help="Ray cluster to use: auto, ray://HOST:10001 or HOST:PORT (default: RAY_ADDRESS if set, "
+                            "else a local instance on 127.0.0.1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="blocks drawn at once (default: every CPU of the cluster; a local instance gets this many CPUs)")
+    p.add_argument("--pool", choices=("actors", "tasks"), default="actors",
+                   help="long-lived actors keeping their buffers (default, faster for long jobs) or one Ray task per "
+                        "block; same table either way")
     p.add_argument("--sub-batch", type=int, default=None, help="draws per forward pass (memory/speed only; never changes results)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0, help="save counted blocks at least this often")
@@ -37,7 +53,15 @@ def run(args: argparse.Namespace) -> int:
     todo = missing_blocks(table, spec, n)
     total = table.n_samples + len(todo) * spec.block_size
     with progress_bar(total, table.n_samples, enabled=not args.quiet) as bar:
-        table = run_local(spec, n, args.output, sub_batch=args.sub_batch, device=args.device,
-                          checkpoint_seconds=args.checkpoint_seconds, on_block=bar.update)
+        common = dict(sub_batch=args.sub_batch, device=args.device, checkpoint_seconds=args.checkpoint_seconds,
+                      on_block=bar.update)
+        if args.in_process:
+            with table_lock(args.output):
+                table = run_local(spec, n, args.output, **common)
+        else:
+            from volume.jobs import run_job
+
+            table = run_job(spec, n, args.output, address=args.address, workers=args.workers, pool=args.pool,
+                            on_workers=lambda k: bar.set_postfix(workers=k), **common)
     print(f"{args.output}: {table.n_samples} draws, {table.n_distinct} distinct functions (spec {spec.spec_id})")
     return 0

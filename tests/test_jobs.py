@@ -1,0 +1,182 @@
+"""Sampling jobs on a local Ray instance: the table depends only on (spec, blocks), never on
+the number of workers, the pool, checkpoints or a killed-and-resumed driver; resuming draws
+only the missing blocks; ray_map; the CLI's Ray and in-process paths. One Ray instance
+(2 CPUs) serves the whole module."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import socket as socketlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from volume.errors import FunctionError, TableError, VolumeError
+from volume.runner import run_local, table_lock
+from volume.spec import FCN, BooleanCube, ExperimentSpec, Prior
+from volume.table import FrequencyTable
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from volume.jobs import import_ray
+
+    ray = import_ray()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def spec() -> ExperimentSpec:
+    return ExperimentSpec(architecture=FCN(hidden=(16,)), prior=Prior(sigma_w=1.5, sigma_b=0.5),
+                          inputs=BooleanCube(n=5), seed=3, block_size=256, name="jobs-test")
+
+
+def test_worker_counts_and_pools_give_identical_bytes(ray_local, spec, tmp_path):
+    from volume.jobs import run_job
+
+    n = 12 * spec.block_size - 100  # rounds up to 12 blocks
+    ref = tmp_path / "inprocess.h5"
+    run_local(spec, n, ref)
+    outputs = {}
+    for name, kw in {f"{pool}-{w}": dict(workers=w, pool=pool) for pool in ("actors", "tasks") for w in (1, 2)}.items():
+        outputs[name] = tmp_path / f"{name}.h5"
+        table = run_job(spec, n, outputs[name], checkpoint_seconds=0.0, **kw)  # a checkpoint after every block
+        assert table.blocks.tolist() == list(range(12)) and table.n_samples == 12 * spec.block_size
+    expected = ref.read_bytes()
+    for name, path in outputs.items():
+        assert path.read_bytes() == expected, name
+
+
+def test_resume_draws_only_missing_blocks(ray_local, spec, tmp_path):
+    from volume.jobs import run_job
+
+    out = tmp_path / "t.h5"
+    run_job(spec, 4 * spec.block_size, out)
+    drawn: list[int] = []
+    workers_seen: list[int] = []
+    table = run_job(spec, 10 * spec.block_size, out, on_block=drawn.append, on_workers=workers_seen.append)
+    assert len(drawn) == 6 and sum(drawn) == 6 * spec.block_size  # blocks 4..9 only
+    assert workers_seen and workers_seen[0] == 2  # the module's instance has 2 CPUs
+    assert table == run_local(spec, 10 * spec.block_size)
+    again: list[int] = []
+    run_job(spec, 10 * spec.block_size, out, on_block=again.append)  # complete: nothing to draw
+    assert again == [] and FrequencyTable.load(out).n_samples == 10 * spec.block_size
+
+
+def test_a_table_being_written_is_locked(ray_local, spec, tmp_path):
+    from volume.jobs import run_job
+
+    out = tmp_path / "t.h5"
+    with table_lock(out):
+        with pytest.raises(TableError, match="another job is writing"):
+            run_job(spec, spec.block_size, out)
+    assert run_job(spec, spec.block_size, out).n_samples == spec.block_size
+
+
+def test_bad_arguments_are_volume_errors(ray_local, spec, tmp_path):
+    from volume.jobs import run_job
+
+    with pytest.raises(VolumeError, match="pool"):
+        run_job(spec, 10, tmp_path / "a.h5", pool="threads")
+    with pytest.raises(VolumeError, match="workers"):
+        run_job(spec, 10, tmp_path / "b.h5", workers=0)
+    other = spec.replace(seed=4)
+    run_local(other, 10, tmp_path / "c.h5")
+    with pytest.raises(TableError, match="holds spec"):
+        run_job(spec, 10, tmp_path / "c.h5")
+
+
+def test_ray_map_keeps_order_and_reraises_user_errors(ray_local):
+    from volume.jobs import ray_map
+    from volume.keys import parse_function
+
+    items = list(range(23))  # functions shipped to workers must be importable there (not test modules)
+    assert ray_map(math.factorial, items) == [math.factorial(i) for i in items]
+    assert ray_map(math.factorial, []) == []
+    parse4 = functools.partial(parse_function, n_inputs=4)
+    assert [x.tolist() for x in ray_map(parse4, ["0110", "0x90"])] == [[0, 1, 1, 0], [1, 0, 0, 1]]
+    with pytest.raises(FunctionError, match="length 3"):
+        ray_map(parse4, ["0110", "xyz"])
+
+
+def test_cli_sample_ray_and_in_process_agree(ray_local, spec, tmp_path):
+    from volume.cli import main
+
+    spec_path = tmp_path / "s.toml"
+    spec.save(spec_path)
+    a, b = tmp_path / "ray.h5", tmp_path / "local.h5"
+    assert main(["sample", str(spec_path), "-n", "1500", "-o", str(a), "--quiet", "--workers", "2"]) == 0
+    assert main(["sample", str(spec_path), "-n", "1500", "-o", str(b), "--quiet", "--in-process"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert FrequencyTable.load(a).n_samples == 6 * spec.block_size
+
+
+def test_killed_driver_resumes_to_the_identical_table(ray_local, tmp_path):
+    """`volume sample` on its own local Ray instance (the README's path), SIGKILLed once its
+    first checkpoint is on disk, then rerun here: the table equals an uninterrupted run's."""
+    from volume.jobs import run_job
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(32, 32)), prior=Prior(sigma_w=1.0, sigma_b=0.2),
+                          inputs=BooleanCube(n=6), seed=11, block_size=256, name="kill-test")
+    n_blocks = 300
+    spec_path, out, ref = tmp_path / "k.toml", tmp_path / "k.h5", tmp_path / "ref.h5"
+    spec.save(spec_path)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volume.cli", "sample", str(spec_path), "-n", str(n_blocks * spec.block_size),
+         "-o", str(out), "--quiet", "--checkpoint-seconds", "0.3", "--workers", "2"],
+        cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert out.exists(), f"no checkpoint appeared (exit {proc.poll()}): {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else ''}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:  # the driver's local Ray instance shares its process group: stop all of it
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    partial = FrequencyTable.load(out)
+    assert 0 < len(partial.blocks) < n_blocks
+    drawn: list[int] = []
+    resumed = run_job(spec, n_blocks * spec.block_size, out, on_block=drawn.append)
+    assert len(drawn) == n_blocks - len(partial.blocks)
+    run_job(spec, n_blocks * spec.block_size, ref)
+    assert resumed.blocks.tolist() == list(range(n_blocks))
+    assert out.read_bytes() == ref.read_bytes()
+
+
+def test_unreachable_cluster_fails_fast_without_writing(tmp_path):
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    out = tmp_path / "t.h5"
+    proc = subprocess.run([sys.executable, "-m", "volume.cli", "sample", str(REPO / "examples" / "boolean7.toml"),
+                           "-n", "10", "-o", str(out), "--address", f"127.0.0.1:{port}", "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"cannot connect to the Ray cluster at '127.0.0.1:{port}'" in proc.stderr
+    assert not out.exists()
+
+
+def test_loopback_addresses_are_recognised():
+    from volume.jobs import is_loopback_address, is_loopback_host
+
+    assert is_loopback_address(None) and is_loopback_address("127.0.0.1:6379") and is_loopback_address("ray://localhost:10001")
+    assert not is_loopback_address("10.1.2.3:6379") and not is_loopback_address("ray://head.example.com:10001")
+    assert is_loopback_host("::1") and is_loopback_host("[::1]") and not is_loopback_host("0.0.0.0")

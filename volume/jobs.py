@@ -1,0 +1,388 @@
+"""Sampling jobs on Ray: the blocks of a job are drawn by a pool of long-lived actors (or
+as one Ray task each), counted where they are drawn and folded into one table with
+periodic atomic checkpoints. Actors are the default: each keeps its Sampler (inputs,
+buffers) and a queue of two blocks, so it never waits for the driver between blocks;
+benchmarks/results/scaling.md has the measurements.
+
+A job is (spec, number of draws, output table); its seed is ``spec.seed``. It needs blocks
+0 .. ceil(n / block_size) - 1 (``volume.runner.blocks_needed``); the blocks the output
+table already records are skipped (``missing_blocks``), so rerunning a job resumes it and
+asking for more draws extends it. Block b is a pure function of (spec, b)
+(``volume.sampler``), and merging counted blocks is a multiset union, so the table - and
+the bytes of the saved file - depend only on the set of blocks counted, never on the
+number of workers, the order in which blocks finish, checkpoints or retries.
+
+Fault tolerance:
+
+* A block is counted once: the driver folds it into the table (``BlockAccumulator``),
+  which records its id; the checkpoint is an atomic rename, so a killed driver loses at
+  most the blocks counted since the last checkpoint and in flight, and a rerun draws
+  exactly the blocks the saved table lacks.
+* A worker process or node lost mid-job: Ray retries the task (``max_retries``) on the
+  nodes left, and rebuilds a lost result from its lineage; in the actor pool a dead
+  actor's block goes back to the queue. Either way the block is counted once, when its
+  result reaches the driver.
+* Two jobs never write the same table at once (``volume.runner.table_lock``).
+
+Ray placement: with no address and no ``RAY_ADDRESS`` in the environment a local instance
+is started with ``address="local"`` (never joining a stale cluster) and, through
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, bound to 127.0.0.1; ``address="auto"``,
+``"ray://host:10001"`` or ``"host:port"`` join an existing cluster, and under
+``ray job submit`` the ``RAY_ADDRESS`` that Ray sets is joined. Ray is imported lazily,
+after that choice, because the loopback setting is read when Ray is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from volume.errors import VolumeError
+from volume.runner import BlockAccumulator, missing_blocks, open_table, table_lock
+from volume.sampler import DEFAULT_SUB_BATCH, Sampler
+from volume.spec import ExperimentSpec
+from volume.table import FrequencyTable, count_keys
+
+POOLS = ("actors", "tasks")
+DEFAULT_POOL = "actors"  # faster in steady state (benchmarks/results/scaling.md); both give the same table
+DEFAULT_MAX_RETRIES = 8
+
+
+# ---- Ray start-up ---------------------------------------------------------------------
+def _wants_local(address: str | None) -> bool:
+    return address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+
+
+def is_loopback_address(address: str | None) -> bool:
+    """True for a local instance, or a cluster address on 127.0.0.1 / localhost ('auto': the
+    address Ray recorded for the latest cluster started on this machine)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address in (None, "local"):
+        return True
+    if address == "auto":
+        recorded = Path("/tmp/ray/ray_current_cluster")
+        address = recorded.read_text().strip() if recorded.is_file() else ""
+    return is_loopback_host(address.split("://")[-1].rsplit(":", 1)[0])
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for 'localhost' and loopback IP addresses (127.0.0.0/8, ::1)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def import_ray(loopback: bool = True):
+    """Import Ray; for an instance on this machine's loopback interface first set
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (read when Ray is imported), so that Ray keeps every
+    node and driver on 127.0.0.1 instead of the machine's outward address."""
+    if loopback and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """Yield the ``ray`` module connected to a cluster, and disconnect on exit if this call
+    connected it (a connection made by the caller is reused and left open).
+
+    ``address=None`` starts a local instance with ``workers`` CPUs (default: all cores),
+    or joins ``RAY_ADDRESS`` when it is set (as under ``ray job submit``); ``"auto"``,
+    ``"ray://host:port"`` or ``"host:port"`` join an existing cluster.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise VolumeError(f"workers = {workers!r} is invalid: give a positive integer (--workers)")
+    local = _wants_local(address)
+    ray = import_ray(is_loopback_address(address))
+    if ray.is_initialized():
+        yield ray
+        return
+    try:
+        if local:
+            ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            target = address or os.environ["RAY_ADDRESS"]
+            _check_reachable(target)
+            ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, ValueError) as e:
+        raise VolumeError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')!r}: {e}; "
+                          "start one (`ray start --head`), or leave out --address for a local instance") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast (Ray itself retries for minutes) when nothing listens at a HOST:PORT address."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"nothing answers at {address} ({e})") from None
+
+
+def cluster_slots(ray, device: str = "cpu") -> int:
+    """Blocks the cluster can draw at once now: its CPUs (GPUs for a CUDA device); this
+    changes when nodes join or leave."""
+    return max(1, int(ray.cluster_resources().get("GPU" if device.startswith("cuda") else "CPU", 1)))
+
+
+# ---- the work of one block, in a Ray worker -------------------------------------------
+_SAMPLERS: dict[tuple, Sampler] = {}
+
+
+def worker_sampler(spec: ExperimentSpec, sub_batch: int | None = None, device: str = "cpu") -> Sampler:
+    """The Sampler of ``spec`` kept in this worker process between tasks (inputs loaded and
+    layer shapes computed once), with PyTorch limited to one thread: Ray runs one task
+    per CPU, so more threads would only contend."""
+    import torch
+
+    torch.set_num_threads(1)
+    key = (spec.spec_id, spec.inputs, sub_batch, device)
+    sampler = _SAMPLERS.get(key)
+    if sampler is None:
+        _SAMPLERS.clear()  # one spec at a time: keep a worker's memory bounded
+        kwargs: dict[str, Any] = {"device": device}
+        if sub_batch is not None:
+            kwargs["sub_batch"] = sub_batch
+        sampler = _SAMPLERS[key] = Sampler(spec, **kwargs)
+    return sampler
+
+
+def count_block(spec: ExperimentSpec, block: int, sub_batch: int | None = None,
+                device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Draw block ``block`` and count it: (sorted unique keys, counts). Counting where the
+    block is drawn sends the driver U_block keys instead of block_size."""
+    return count_keys(worker_sampler(spec, sub_batch, device).keys(block))
+
+
+class BlockCounter:
+    """Actor form of :func:`count_block`: a long-lived process holding one Sampler."""
+
+    def __init__(self, spec: ExperimentSpec, sub_batch: int | None = None, device: str = "cpu"):
+        self.args = (spec, sub_batch, device)
+        worker_sampler(*self.args)
+
+    def count(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        spec, sub_batch, device = self.args
+        return count_block(spec, block, sub_batch, device)
+
+
+def _get(ray, ref):
+    """ray.get that re-raises a user error (VolumeError) from a task as itself."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, VolumeError):
+            raise e.cause from None
+        raise
+
+
+# ---- dispatch -----------------------------------------------------------------------
+class _TaskPool:
+    """One Ray task per block, ``cap`` running at once (the cap follows the cluster's CPUs
+    unless fixed). When the cap is the whole cluster, ``depth`` tasks per worker are
+    submitted, so that a worker starts its next block without waiting for the driver (Ray
+    queues the extra tasks until a CPU is free); a cap below the cluster's CPUs is kept
+    exactly. Ray retries a task whose worker or node is lost, so a failure that reaches the
+    driver is final."""
+
+    def __init__(self, ray, spec_ref, sub_batch, device, max_retries, cap, whole_cluster: bool, depth: int = 2):
+        resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
+        self.fn = ray.remote(count_block).options(max_retries=max_retries, retry_exceptions=False, **resources)
+        self.args = (sub_batch, device)
+        self.spec_ref = spec_ref
+        self.cap = cap
+        self.depth = depth if whole_cluster else 1
+        self.inflight: dict = {}  # ref -> block
+
+    def has_room(self) -> bool:
+        return len(self.inflight) < self.cap * self.depth
+
+    def resize(self, slots: int) -> int:
+        self.cap = slots
+        return self.cap
+
+    def submit(self, block: int) -> None:
+        self.inflight[self.fn.remote(self.spec_ref, block, *self.args)] = block
+
+    def take(self, ref) -> tuple[int, bool]:
+        """(block, lost): lost blocks go back to the queue."""
+        return self.inflight.pop(ref), False
+
+    def close(self, ray) -> None:  # interrupted or failed: stop the blocks still running
+        for ref in self.inflight:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+
+
+class _ActorPool:
+    """Long-lived actors, each holding its Sampler, with up to ``depth`` blocks queued on
+    each so that an actor starts its next block without waiting for the driver. A dead
+    actor is dropped and its blocks go back to the queue; a new actor is started only
+    when none is left (one that cannot be placed would hold blocks for ever)."""
+
+    def __init__(self, ray, spec_ref, sub_batch, device, size, depth: int = 2):
+        resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
+        self.ray = ray
+        self.cls = ray.remote(BlockCounter).options(max_restarts=0, **resources)
+        self.args = (spec_ref, sub_batch, device)
+        self.depth = depth
+        self.load = {self.cls.remote(*self.args): 0 for _ in range(size)}  # actor -> blocks queued on it
+        self.inflight: dict = {}  # ref -> (block, actor)
+        self.cap = size
+
+    def has_room(self) -> bool:
+        return not self.load or min(self.load.values()) < self.depth
+
+    def resize(self, slots: int) -> int:
+        """Start actors for CPUs that joined; lost ones are dropped as their calls fail."""
+        for _ in range(slots - len(self.load)):
+            self.load[self.cls.remote(*self.args)] = 0
+        self.cap = len(self.load)
+        return self.cap
+
+    def submit(self, block: int) -> None:
+        if not self.load:
+            self.load[self.cls.remote(*self.args)] = 0
+        actor = min(self.load, key=self.load.get)
+        self.load[actor] += 1
+        self.inflight[actor.count.remote(block)] = (block, actor)
+
+    def take(self, ref) -> tuple[int, bool]:
+        block, actor = self.inflight.pop(ref)
+        try:
+            self.ray.get(ref, timeout=0)
+        except self.ray.exceptions.RayActorError:
+            self.load.pop(actor, None)
+            return block, True
+        except Exception:  # a task error: reported when the driver fetches the result
+            pass
+        if actor in self.load:
+            self.load[actor] -= 1
+        return block, False
+
+    def close(self, ray) -> None:
+        for actor in self.load:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
+
+
+def _count_blocks(ray, spec: ExperimentSpec, todo: list[int], acc: BlockAccumulator, *, workers: int | None,
+                  pool: str, sub_batch: int | None, device: str, max_retries: int,
+                  on_block: Callable[[int], None] | None, on_workers: Callable[[int], None] | None) -> None:
+    spec_ref = ray.put(spec)
+    slots = cluster_slots(ray, device)
+    cap = workers or slots
+    if pool == "tasks":
+        runner: Any = _TaskPool(ray, spec_ref, sub_batch, device, max_retries, cap, whole_cluster=cap >= slots)
+    else:
+        runner = _ActorPool(ray, spec_ref, sub_batch, device, min(cap, len(todo)))
+    queue = deque(todo)
+    if on_workers is not None:
+        on_workers(runner.cap)
+    last_check = time.monotonic()
+    try:
+        while queue or runner.inflight:
+            while queue and runner.has_room():
+                runner.submit(queue.popleft())
+            ready, _ = ray.wait(list(runner.inflight), num_returns=1, timeout=1.0)
+            if ready:  # also take whatever else is ready now
+                ready, _ = ray.wait(list(runner.inflight), num_returns=len(runner.inflight), timeout=0)
+            for ref in ready:
+                b, lost = runner.take(ref)
+                if lost:
+                    queue.appendleft(b)
+                    continue
+                keys, counts = _get(ray, ref)
+                acc.add_table(FrequencyTable(spec, keys, counts, [b]))
+                if on_block is not None:
+                    on_block(spec.block_size)
+            if workers is None and queue and time.monotonic() - last_check > 2.0:  # follow nodes joining/leaving
+                last_check = time.monotonic()
+                before = runner.cap
+                if runner.resize(cluster_slots(ray, device)) != before and on_workers is not None:
+                    on_workers(runner.cap)
+    finally:
+        runner.close(ray)
+
+
+def run_job(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *, address: str | None = None,
+            workers: int | None = None, pool: str = DEFAULT_POOL, sub_batch: int | None = None, device: str = "cpu",
+            checkpoint_seconds: float = 30.0, max_retries: int = DEFAULT_MAX_RETRIES,
+            on_block: Callable[[int], None] | None = None,
+            on_workers: Callable[[int], None] | None = None) -> FrequencyTable:
+    """Draw the blocks of (spec, n_draws) that the table at ``out`` lacks, on Ray, and return
+    the table (saved to ``out`` if given, at least every ``checkpoint_seconds`` and at the end,
+    also when interrupted).
+
+    ``workers`` is the number of blocks drawn at once (default: the cluster's CPUs, followed
+    as nodes come and go); with a local instance it is also its number of CPUs. ``pool`` is
+    'actors' (long-lived actors, each keeping its Sampler and a queue of two blocks: no
+    driver round trip between blocks) or 'tasks' (one Ray task per block, retried by Ray);
+    both give the same table.
+    ``on_block(draws)`` is called after each counted block and ``on_workers(n)`` when the
+    number of workers changes (progress bars).
+    """
+    if pool not in POOLS:
+        raise VolumeError(f"pool = {pool!r} is invalid: use one of {', '.join(POOLS)}")
+    with table_lock(out):
+        table = open_table(spec, out)
+        todo = missing_blocks(table, spec, n_draws)
+        if not todo:
+            return table
+        Sampler(spec, sub_batch=sub_batch or DEFAULT_SUB_BATCH, device=device)  # bad data or device: fail before Ray starts
+        with ray_session(address, workers) as ray:
+            acc = BlockAccumulator(table, out, checkpoint_seconds)
+            try:
+                _count_blocks(ray, spec, todo, acc, workers=workers, pool=pool, sub_batch=sub_batch, device=device,
+                              max_retries=max_retries, on_block=on_block, on_workers=on_workers)
+            finally:
+                table = acc.flush()
+    return table
+
+
+# ---- a generic map ------------------------------------------------------------------
+def _call_single_threaded(func: Callable[[Any], Any], item: Any) -> Any:
+    import torch
+
+    torch.set_num_threads(1)
+    return func(item)
+
+
+def ray_map(func: Callable[[Any], Any], items: Iterable[Any], address: str | None = None, *,
+            num_cpus: float = 1, max_retries: int = DEFAULT_MAX_RETRIES) -> list:
+    """``[func(item) for item in items]`` with each call a Ray task (retried if its worker is
+    lost), results in the order of ``items``. ``func`` must be picklable (a module-level
+    function or a picklable callable object); it is shipped once. Uses the caller's Ray
+    connection if there is one, else :func:`ray_session` (a local instance by default, started
+    and stopped by this call: to map repeatedly, call it inside ``with ray_session():``)."""
+    items = list(items)
+    if not items:
+        return []
+    with ray_session(address) as ray:
+        remote = ray.remote(_call_single_threaded).options(num_cpus=num_cpus, max_retries=max_retries,
+                                                           retry_exceptions=False)
+        func_ref = ray.put(func)
+        refs = [remote.remote(func_ref, item) for item in items]
+        return [_get(ray, ref) for ref in refs]
