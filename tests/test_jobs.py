@@ -180,3 +180,19 @@ def test_loopback_addresses_are_recognised():
     assert is_loopback_address(None) and is_loopback_address("127.0.0.1:6379") and is_loopback_address("ray://localhost:10001")
     assert not is_loopback_address("10.1.2.3:6379") and not is_loopback_address("ray://head.example.com:10001")
     assert is_loopback_host("::1") and is_loopback_host("[::1]") and not is_loopback_host("0.0.0.0")
+
+
+def test_optimizer_table_through_jobs_equals_training_run(ray_local, tmp_path):
+    """A spec with a [training] section samples the functions an optimizer finds; the Ray job,
+    the in-process run and TrainingRun.table agree exactly."""
+    from volume.jobs import run_job
+    from volume.spec import Training
+    from volume.train import optimizer_table
+
+    spec = ExperimentSpec(architecture=FCN((8,)), inputs=BooleanCube(n=3), block_size=2, seed=5,
+                          training=Training(optimizer="adam", lr=0.05, batch_size=4, train_indices=(0, 3, 5, 6),
+                                            target="parity", max_epochs=300))
+    via_ray = run_job(spec, 6, tmp_path / "ray.h5", workers=2)
+    local = run_local(spec, 6, tmp_path / "local.h5")
+    assert via_ray == local == optimizer_table(spec, range(3))
+    assert (tmp_path / "ray.h5").read_bytes() == (tmp_path / "local.h5").read_bytes()

@@ -48,8 +48,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from volume.errors import VolumeError
-from volume.runner import BlockAccumulator, missing_blocks, open_table, table_lock
-from volume.sampler import DEFAULT_SUB_BATCH, Sampler
+from volume.runner import BlockAccumulator, block_source, missing_blocks, open_table, table_lock
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable, count_keys
 
@@ -148,11 +147,11 @@ def cluster_slots(ray, device: str = "cpu") -> int:
 
 
 # ---- the work of one block, in a Ray worker -------------------------------------------
-_SAMPLERS: dict[tuple, Sampler] = {}
+_SAMPLERS: dict[tuple, Any] = {}
 
 
-def worker_sampler(spec: ExperimentSpec, sub_batch: int | None = None, device: str = "cpu") -> Sampler:
-    """The Sampler of ``spec`` kept in this worker process between tasks (inputs loaded and
+def worker_sampler(spec: ExperimentSpec, sub_batch: int | None = None, device: str = "cpu") -> Any:
+    """The block source of ``spec`` (a Sampler, or a TrainingRun for optimizer tables) kept in this worker process between tasks (inputs loaded and
     layer shapes computed once), with PyTorch limited to one thread: Ray runs one task
     per CPU, so more threads would only contend."""
     import torch
@@ -162,10 +161,7 @@ def worker_sampler(spec: ExperimentSpec, sub_batch: int | None = None, device: s
     sampler = _SAMPLERS.get(key)
     if sampler is None:
         _SAMPLERS.clear()  # one spec at a time: keep a worker's memory bounded
-        kwargs: dict[str, Any] = {"device": device}
-        if sub_batch is not None:
-            kwargs["sub_batch"] = sub_batch
-        sampler = _SAMPLERS[key] = Sampler(spec, **kwargs)
+        sampler = _SAMPLERS[key] = block_source(spec, sub_batch=sub_batch, device=device)
     return sampler
 
 
@@ -351,7 +347,7 @@ def run_job(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *
         todo = missing_blocks(table, spec, n_draws)
         if not todo:
             return table
-        Sampler(spec, sub_batch=sub_batch or DEFAULT_SUB_BATCH, device=device)  # bad data or device: fail before Ray starts
+        block_source(spec, sub_batch=sub_batch, device=device)  # bad data or device: fail before Ray starts
         with ray_session(address, workers) as ray:
             acc = BlockAccumulator(table, out, checkpoint_seconds)
             try:

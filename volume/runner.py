@@ -17,11 +17,25 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from volume.errors import TableError, VolumeError
 from volume.sampler import Sampler
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
+
+
+def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: str = "cpu"):
+    """What draws the blocks of ``spec``: a prior :class:`~volume.sampler.Sampler`, or for a
+    spec with a ``training`` section a :class:`~volume.train.TrainingRun` (each draw is a
+    prior initialisation trained to zero error; the table holds the functions found).
+    Both have ``keys(block)``; building one loads the inputs, so bad data fails here."""
+    if spec.training is not None:
+        from volume.train import TrainingRun
+
+        return TrainingRun(spec)
+    kwargs = {"device": device} if sub_batch is None else {"device": device, "sub_batch": sub_batch}
+    return Sampler(spec, **kwargs)
 
 
 def blocks_needed(spec: ExperimentSpec, n_draws: int) -> list[int]:
@@ -110,15 +124,17 @@ def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None,
     ``out`` if given). ``on_block(draws)`` is called after each block (progress bars)."""
     table = open_table(spec, out)
     todo = missing_blocks(table, spec, n_draws)
-    kwargs = {"device": device} if sub_batch is None else {"device": device, "sub_batch": sub_batch}
-    sampler = Sampler(spec, **kwargs) if todo else None
+    sampler = block_source(spec, sub_batch=sub_batch, device=device) if todo else None
     acc = BlockAccumulator(table, out, checkpoint_seconds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread is as fast as two here, and much faster on a busy machine
     try:
         for b in todo:
             acc.add(b, sampler.keys(b))
             if on_block is not None:
                 on_block(spec.block_size)
     finally:
+        torch.set_num_threads(threads)
         table = acc.flush()
     return table
 

@@ -178,6 +178,12 @@ class TrainingRun:
         labels = np.stack(ok) if ok else np.zeros((0, self.inputs.n_inputs), np.uint8)
         return labels, len(res) - len(ok)
 
+    def keys(self, block: int) -> np.ndarray:
+        """Packed keys of the functions found in block ``block`` (converged trainings only):
+        the same interface as :meth:`volume.sampler.Sampler.keys`, so jobs draw optimizer
+        tables exactly as they draw prior tables."""
+        return pack_labels(self.block(block)[0], self.spec.output.classes)
+
     def table(self, blocks) -> FrequencyTable:
         """FrequencyTable of the functions found in ``blocks`` (converged trainings only)."""
         blocks = [int(b) for b in blocks]
