@@ -76,3 +76,40 @@ def test_lz_complexity_definition():
     rng = np.random.default_rng(0)
     rand = labels_to_text(rng.integers(0, 2, n))
     assert lz_complexity(rand) > 4 * lz_complexity(s)
+
+
+def kaspar_schuster(s: str) -> int:
+    """Reference: the LZ76 word count by the algorithm of Kaspar & Schuster (1987)."""
+    n = len(s)
+    if n == 1:
+        return 1
+    c, i, k, kmax, l = 1, 0, 1, 1, 1
+    while True:
+        if s[i + k - 1] == s[l + k - 1]:
+            k += 1
+            if l + k > n:
+                c += 1
+                break
+        else:
+            kmax = max(kmax, k)
+            i += 1
+            if i == l:
+                c += 1
+                l += kmax
+                if l + 1 > n:
+                    break
+                i, k, kmax = 0, 1, 1
+            else:
+                k = 1
+    return c
+
+
+def test_lz76_matches_kaspar_schuster_on_random_strings():
+    from volume.keys import _lz76_words
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 5, 16, 64, 128, 300):
+        for p in (0.05, 0.3, 0.5):
+            for _ in range(20):
+                s = labels_to_text((rng.random(n) < p).astype(np.uint8))
+                assert _lz76_words(s) == kaspar_schuster(s), s

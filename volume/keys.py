@@ -119,31 +119,21 @@ def parse_function(function: str | np.ndarray | list, n_inputs: int, classes: in
 
 
 def _lz76_words(s: str) -> int:
-    """Number of words in the Lempel-Ziv 1976 parse of s (Kaspar-Schuster algorithm)."""
-    n = len(s)
-    if n == 0:
-        return 0
-    if n == 1:
-        return 1
-    c, i, k, kmax, l = 1, 0, 1, 1, 1
-    while True:
-        if s[i + k - 1] == s[l + k - 1]:
+    """Number of words in the Lempel-Ziv (1976) parse of s.
+
+    Each word is the longest continuation s[i:i+k-1] that already occurs in the text before
+    its last character (s[:i+k-2], overlaps allowed), plus one new character; a last word cut
+    by the end of s counts too. This is the count of Kaspar & Schuster (1987), computed with
+    C-level substring search (tests compare it with their algorithm).
+    """
+    n, i, words = len(s), 0, 0
+    while i < n:
+        k = 1
+        while i + k <= n and s[i:i + k] in s[:i + k - 1]:
             k += 1
-            if l + k > n:
-                c += 1
-                break
-        else:
-            kmax = max(kmax, k)
-            i += 1
-            if i == l:
-                c += 1
-                l += kmax
-                if l + 1 > n:
-                    break
-                i, k, kmax = 0, 1, 1
-            else:
-                k = 1
-    return c
+        words += 1
+        i += k
+    return words
 
 
 def lz_complexity(function: str | np.ndarray) -> float:
