@@ -2,7 +2,7 @@
 as one Ray task each), counted where they are drawn and folded into one table with
 periodic atomic checkpoints. Actors are the default: each keeps its Sampler (inputs,
 buffers) and a queue of two blocks, so it never waits for the driver between blocks;
-benchmarks/results/scaling.md has the measurements.
+benchmarks/RESULTS.md has the measurements.
 
 A job is (spec, number of draws, output table); its seed is ``spec.seed``. It needs blocks
 0 .. ceil(n / block_size) - 1 (``volume.runner.blocks_needed``); the blocks the output
@@ -53,7 +53,7 @@ from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable, count_keys
 
 POOLS = ("actors", "tasks")
-DEFAULT_POOL = "actors"  # faster in steady state (benchmarks/results/scaling.md); both give the same table
+DEFAULT_POOL = "actors"  # faster in steady state (benchmarks/RESULTS.md); both give the same table
 DEFAULT_MAX_RETRIES = 8
 
 
