@@ -33,3 +33,13 @@ def atomic_h5(path: str | Path) -> Iterator["h5py.File"]:  # noqa: F821
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_format(f: "h5py.File", path: str | Path, fmt: str, version: int, what: str, error: type) -> None:  # noqa: F821
+    """Refuse a file whose ``format``/``format_version`` root attributes are not ours,
+    raising ``error`` with a message that names the file."""
+    if f.attrs.get("format") != fmt:
+        raise error(f"{str(path)!r} is not a {what} (HDF5 attribute format != {fmt!r})")
+    found = int(f.attrs.get("format_version", -1))
+    if found != version:
+        raise error(f"{str(path)!r} has {what} format version {found}; this library reads {version}")

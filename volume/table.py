@@ -22,7 +22,7 @@ import numpy as np
 
 from volume import __version__
 from volume.errors import TableError
-from volume.h5io import atomic_h5
+from volume.h5io import atomic_h5, check_format
 from volume.keys import key_bytes, pack_labels, parse_function
 from volume.spec import ExperimentSpec, SpecError
 
@@ -207,11 +207,7 @@ class FrequencyTable:
             raise TableError(f"table file {str(p)!r} does not exist")
         try:
             with h5py.File(p, "r") as f:
-                if f.attrs.get("format") != FORMAT:
-                    raise TableError(f"{str(p)!r} is not a volume table (HDF5 attribute format != {FORMAT!r})")
-                version = int(f.attrs.get("format_version", -1))
-                if version != FORMAT_VERSION:
-                    raise TableError(f"{str(p)!r} has table format version {version}; this library reads {FORMAT_VERSION}")
+                check_format(f, p, FORMAT, FORMAT_VERSION, "volume table", TableError)
                 for name in ("keys", "counts", "blocks"):
                     if name not in f:
                         raise TableError(f"{str(p)!r} lacks the dataset {name!r}: the file is corrupt")

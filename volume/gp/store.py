@@ -16,7 +16,7 @@ import numpy as np
 from volume import __version__
 from volume.errors import DataError
 from volume.gp.kernels import KernelError
-from volume.h5io import atomic_h5
+from volume.h5io import atomic_h5, check_format
 from volume.spec import ExperimentSpec, SpecError
 
 FORMAT = "volume-gp-kernel"
@@ -47,11 +47,7 @@ def load_kernel(path: str | Path, spec: ExperimentSpec | None = None) -> tuple[n
         raise DataError(f"kernel file {str(p)!r} does not exist: make it with `volume gp kernel SPEC -o FILE`")
     try:
         with h5py.File(p, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise DataError(f"{str(p)!r} is not a kernel file (HDF5 attribute format != {FORMAT!r})")
-            if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-                raise DataError(f"{str(p)!r} has kernel format version {f.attrs.get('format_version')}; "
-                                f"this library reads {FORMAT_VERSION}")
+            check_format(f, p, FORMAT, FORMAT_VERSION, "kernel file", DataError)
             K = f["K"][...]
             meta = json.loads(f.attrs["meta"])
             file_spec = ExperimentSpec.from_json(f.attrs["spec"])
