@@ -187,3 +187,19 @@ def test_serve_deploy_builder_and_config(monkeypatch, tmp_path):
     assert build(args) is not None
     with pytest.raises(VolumeError, match="args.limits"):
         build({**args, "limits": {"max_bogus": 1}})
+
+
+def test_gp_estimate_endpoint_equals_the_python_api(served, boolean_spec):
+    """POST /gp/estimate answers what volume.gp.estimate.log_prior computes, for a table's
+    spec and for a spec given as JSON."""
+    from volume.gp.estimate import log_prior
+
+    client, _, _ = served
+    labels = "01101001"
+    expected = log_prior(boolean_spec, labels).log_p
+    by_table = client.post("/gp/estimate", json={"table": "tiny", "labels": labels})
+    assert by_table.status_code == 200, by_table.text
+    assert by_table.json()["log_p"] == pytest.approx(expected, rel=1e-9)
+    by_spec = client.post("/gp/estimate", json={"spec": boolean_spec.to_dict(), "labels": labels})
+    assert by_spec.status_code == 200, by_spec.text
+    assert by_spec.json()["log_p"] == pytest.approx(expected, rel=1e-9)
