@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 
@@ -15,6 +16,23 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
                    help="analytic NNGP (FCN, relu/erf) or Monte-Carlo empirical kernel (any spec)")
     p.add_argument("--kernel-samples", type=int, default=1024, help="networks for the empirical kernel")
     p.add_argument("--kernel-file", default=None, help="use a kernel saved by `volume gp kernel` instead")
+    _ray_args(p)
+
+
+def _ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", action="store_true",
+                   help="compute the empirical kernel's blocks as Ray tasks (a local instance unless --address)")
+    p.add_argument("--address", default=None, help="Ray cluster for --ray: auto, HOST:6379 or ray://HOST:10001")
+
+
+def _map_fn(args):
+    """``volume.jobs.ray_map`` bound to the chosen cluster when --ray/--address is given, else None
+    (blocks are computed in this process). The kernel is the same either way."""
+    if not (args.ray or args.address):
+        return None
+    from volume.jobs import ray_map
+
+    return functools.partial(ray_map, address=args.address)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel", choices=("analytic", "empirical"), default="analytic")
     p.add_argument("--kernel-samples", type=int, default=1024, help="networks for the empirical kernel")
     p.add_argument("--seed", type=int, default=None, help="seed of the empirical kernel's networks (default: spec.seed)")
+    _ray_args(p)
     p.set_defaults(func=cmd_kernel)
 
     p = gsub.add_parser("posterior", help="GP P(U) on a training set, predictions, generalization error, PAC-Bayes bound")
@@ -60,7 +79,7 @@ def _kernel(args, spec: ExperimentSpec, inputs):
         return load_kernel(args.kernel_file, spec)[0]
     from volume.gp.kernels import spec_kernel
 
-    kw = {} if args.kernel == "analytic" else {"n_networks": args.kernel_samples}
+    kw = {} if args.kernel == "analytic" else {"n_networks": args.kernel_samples, "map_fn": _map_fn(args)}
     return spec_kernel(spec, args.kernel, inputs, **kw)[0]
 
 
@@ -73,7 +92,8 @@ def cmd_logp(args) -> int:
         raise VolumeError("--importance-samples must be >= 0")
     K = _kernel(args, spec, load_inputs(spec.inputs)) if args.kernel_file else None
     res = log_prior(spec, args.labels, likelihood=args.likelihood, importance_samples=args.importance_samples,
-                    seed=args.seed, kernel=args.kernel, kernel_matrix=K, kernel_samples=args.kernel_samples)
+                    seed=args.seed, kernel=args.kernel, kernel_matrix=K, kernel_samples=args.kernel_samples,
+                    map_fn=_map_fn(args))
     if args.json:
         print(json.dumps(res.to_dict(), indent=2, sort_keys=True))
         return 0
@@ -97,7 +117,8 @@ def cmd_kernel(args) -> int:
     from volume.gp.store import save_kernel
 
     spec = ExperimentSpec.load(args.spec)
-    kw = {} if args.kernel == "analytic" else {"n_networks": args.kernel_samples, "seed": args.seed}
+    kw = {} if args.kernel == "analytic" else {"n_networks": args.kernel_samples, "seed": args.seed,
+                                               "map_fn": _map_fn(args)}
     K, stderr, meta = spec_kernel(spec, args.kernel, None, **kw)
     save_kernel(args.output, spec, K, meta, stderr)
     print(f"wrote {args.kernel} kernel {K.shape[0]}x{K.shape[1]} of spec {spec.spec_id} to {args.output}")
