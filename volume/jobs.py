@@ -235,8 +235,10 @@ class _TaskPool:
 class _ActorPool:
     """Long-lived actors, each holding its Sampler, with up to ``depth`` blocks queued on
     each so that an actor starts its next block without waiting for the driver. A dead
-    actor is dropped and its blocks go back to the queue; a new actor is started only
-    when none is left (one that cannot be placed would hold blocks for ever)."""
+    actor is dropped and its blocks go back to the queue. Actors started later (for CPUs
+    that joined) get blocks only once they are placed and running (``__ray_ready__``): the
+    cluster's CPU count can still include a node that has just died, and an actor that can
+    never be placed must not hold blocks for ever."""
 
     def __init__(self, ray, spec_ref, sub_batch, device, size, depth: int = 2):
         resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
@@ -245,21 +247,38 @@ class _ActorPool:
         self.args = (spec_ref, sub_batch, device)
         self.depth = depth
         self.load = {self.cls.remote(*self.args): 0 for _ in range(size)}  # actor -> blocks queued on it
+        self.starting: dict = {}  # ready ref -> actor not yet known to be placed
         self.inflight: dict = {}  # ref -> (block, actor)
         self.cap = size
 
+    def _promote(self) -> None:
+        """Move started actors that are now running into the pool."""
+        if not self.starting:
+            return
+        ready, _ = self.ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)
+        for ref in ready:
+            actor = self.starting.pop(ref)
+            try:
+                self.ray.get(ref)
+            except Exception:  # died before it started (its node was lost): forget it
+                continue
+            self.load[actor] = 0
+
     def has_room(self) -> bool:
+        self._promote()
         return not self.load or min(self.load.values()) < self.depth
 
     def resize(self, slots: int) -> int:
         """Start actors for CPUs that joined; lost ones are dropped as their calls fail."""
-        for _ in range(slots - len(self.load)):
-            self.load[self.cls.remote(*self.args)] = 0
-        self.cap = len(self.load)
+        self._promote()
+        for _ in range(slots - len(self.load) - len(self.starting)):
+            actor = self.cls.remote(*self.args)
+            self.starting[actor.__ray_ready__.remote()] = actor
+        self.cap = len(self.load) + len(self.starting)
         return self.cap
 
     def submit(self, block: int) -> None:
-        if not self.load:
+        if not self.load:  # every actor died: start one (it waits for a CPU like a task would)
             self.load[self.cls.remote(*self.args)] = 0
         actor = min(self.load, key=self.load.get)
         self.load[actor] += 1
@@ -279,7 +298,7 @@ class _ActorPool:
         return block, False
 
     def close(self, ray) -> None:
-        for actor in self.load:
+        for actor in [*self.load, *self.starting.values()]:
             with contextlib.suppress(Exception):
                 ray.kill(actor)
 
