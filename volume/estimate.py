@@ -133,17 +133,23 @@ def entropy_bits(table: FrequencyTable) -> dict:
     return {"plugin": h, "miller_madow": h + (table.n_distinct - 1) / (2 * n * math.log(2))}
 
 
-def pac_bayes_bound(p_u: float, m: int, delta: float = 0.05) -> float:
-    """Upper bound on the expected generalization error of the Bayesian classifier:
-    eps <= 1 - exp(-(ln(1/P(U)) + ln(2m/delta)) / (m - 1)) (Valle-Perez et al. 2019)."""
+def pac_bayes_bound_log(log_p_u: float, m: int, delta: float = 0.05) -> float:
+    """Upper bound on the expected generalization error of the Bayesian classifier from
+    ln P(U): eps <= 1 - exp(-(ln(1/P(U)) + ln(2m/delta)) / (m - 1)) (Valle-Perez et al. 2019).
+    Log space, because a GP's P(U) on a large training set is below the smallest double;
+    1.0 when P(U) = 0."""
     if m < 2:
         raise VolumeError("the PAC-Bayes bound needs a training set of at least 2 inputs")
     if not (0 < delta < 1):
         raise VolumeError(f"delta = {delta!r} must be strictly between 0 and 1")
-    if p_u <= 0:
+    if not math.isfinite(log_p_u):
         return 1.0
-    rhs = (math.log(1.0 / p_u) + math.log(2 * m / delta)) / (m - 1)
-    return float(-math.expm1(-rhs))
+    return float(-math.expm1(-(-log_p_u + math.log(2 * m / delta)) / (m - 1)))
+
+
+def pac_bayes_bound(p_u: float, m: int, delta: float = 0.05) -> float:
+    """:func:`pac_bayes_bound_log` of a probability P(U)."""
+    return pac_bayes_bound_log(math.log(p_u) if p_u > 0 else -math.inf, m, delta)
 
 
 @dataclass

@@ -29,18 +29,7 @@ from scipy.special import ndtr
 
 from volume.errors import FunctionError, VolumeError
 from volume.gp.ep import LIKELIHOODS, EPResult, check_kernel, check_labels, cholesky_lower, ep_log_p
-
-
-def pac_bayes_bound_log(log_p_u: float, m: int, delta: float = 0.05) -> float:
-    """1 - exp(-(ln(1/P(U)) + ln(2m/delta)) / (m - 1)) from ln P(U) (see the module docstring);
-    1.0 when P(U) = 0. Same bound as ``volume.estimate.pac_bayes_bound``, in log space."""
-    if m < 2:
-        raise VolumeError("the PAC-Bayes bound needs a training set of at least 2 inputs")
-    if not 0 < delta < 1:
-        raise VolumeError(f"delta = {delta!r} must be strictly between 0 and 1")
-    if not math.isfinite(log_p_u):
-        return 1.0
-    return float(-math.expm1(-(-log_p_u + math.log(2 * m / delta)) / (m - 1)))
+from volume.estimate import pac_bayes_bound_log
 
 
 def predictive(K: np.ndarray, train: np.ndarray, test: np.ndarray, ep: EPResult) -> tuple[np.ndarray, np.ndarray]:
