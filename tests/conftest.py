@@ -27,3 +27,12 @@ def boolean_spec():
 
     return ExperimentSpec(architecture=FCN(hidden=(8,)), prior=Prior(sigma_w=1.5, sigma_b=0.5),
                           inputs=BooleanCube(n=3), seed=1, block_size=512, name="tiny")
+
+
+@pytest.fixture(params=["auto", "torch"], ids=["compiled", "torch"])
+def both_backends(request, monkeypatch):
+    """Run a test with the default backend ('auto': the compiled kernel where it applies) and
+    with the PyTorch backend forced (VOLUME_BACKEND). Use with
+    ``pytestmark = pytest.mark.usefixtures("both_backends")``."""
+    monkeypatch.setenv("VOLUME_BACKEND", request.param)
+    return request.param

@@ -10,6 +10,8 @@ from volume.sampler import Sampler
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
 
+pytestmark = pytest.mark.usefixtures("both_backends")  # compiled kernel and torch path
+
 
 def digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()

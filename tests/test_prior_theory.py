@@ -18,6 +18,8 @@ from volume.inputs import boolean_cube
 from volume.runner import run_local
 from volume.spec import FCN, BooleanCube, ExperimentSpec, Prior
 
+pytestmark = pytest.mark.usefixtures("both_backends")  # compiled kernel and torch path
+
 
 def corr(k):
     d = np.sqrt(np.diag(k))

@@ -1,5 +1,5 @@
 """Labels of a block are a pure function of (spec, b): the same for every sub-batch size,
-thread count and process, and the draws follow the documented stream layout."""
+thread count and process, and the draws of any slice of a block are that slice of the block."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from volume.models import UNIT, draw_params, draw_standard, layer_shapes
-from volume.sampler import BlockStream, Sampler, block_generator
+from volume.models import layer_shapes
+from volume.sampler import Sampler, block_standard
+from volume.stream import block_key
 from volume.spec import CNN, FCN, BooleanCube, ExperimentSpec, ImageSubset, Output, Prior
 
+UNIT = 32
 SUB_BATCHES = (1, 7, UNIT, UNIT + 5, 10_000)
 
 
@@ -29,7 +31,8 @@ def _specs(mnist_dir):
 
 
 @pytest.mark.parametrize("name", ["relu-b0", "tanh-uniform-argmax", "cnn"])
-def test_labels_do_not_depend_on_sub_batch_or_threads(name, mnist_dir):
+def test_labels_do_not_depend_on_sub_batch_or_threads(name, mnist_dir, monkeypatch):
+    monkeypatch.setenv("VOLUME_BACKEND", "torch")  # sub-batches are the torch backend's
     spec = _specs(mnist_dir)[name]
     threads = torch.get_num_threads()
     try:
@@ -56,32 +59,18 @@ def test_labels_are_the_same_in_another_process():
 
 
 @pytest.mark.parametrize("sigma_b", [0.0, 0.5])
-def test_block_stream_gives_the_draws_of_draw_standard(sigma_b):
-    """Sub-batches generated on the fly, cutting units anywhere, give exactly the block's draws."""
+def test_any_slice_of_a_block_has_the_draws_of_the_whole_block(sigma_b):
+    """Draws [start, stop) read on their own are rows start..stop of the block's draws."""
     spec = ExperimentSpec(architecture=FCN(hidden=(6,)), prior=Prior(sigma_b=sigma_b), inputs=BooleanCube(n=3),
                           block_size=2 * UNIT + 13, seed=5)
     layers = layer_shapes(spec, (3,))
-    full = draw_standard(spec, layers, spec.block_size, block_generator(spec.seed, 9))
+    full = block_standard(spec, layers, 9, 0, spec.block_size)
     assert len(full) == (4 if sigma_b > 0 else 2)
-    for sb in (1, 5, UNIT, UNIT + 1, spec.block_size):
-        stream = BlockStream(spec, layers, 9)
-        bufs = [torch.empty(sb, *t.shape[1:]) for t in full]
+    for sb in (1, 5, UNIT + 1, spec.block_size):
         for start in range(0, spec.block_size, sb):
             stop = min(start + sb, spec.block_size)
-            stream.fill(bufs, start, stop)
-            for t, b in zip(full, bufs):
-                assert torch.equal(b[:stop - start], t[start:stop]), (sb, start)
-        with pytest.raises(ValueError):
-            stream.fill(bufs, 0, 1)  # a stream is read once, in order
-
-
-def test_first_units_do_not_depend_on_batch_size():
-    spec = ExperimentSpec(architecture=FCN(hidden=(5,)), prior=Prior(sigma_b=1.0), inputs=BooleanCube(n=2))
-    layers = layer_shapes(spec, (2,))
-    a = draw_params(spec, layers, 2 * UNIT, block_generator(0, 1))
-    b = draw_params(spec, layers, 5 * UNIT + 3, block_generator(0, 1))
-    for k in a:
-        assert torch.equal(a[k], b[k][:2 * UNIT])
+            for t, part in zip(full, block_standard(spec, layers, 9, start, stop)):
+                assert torch.equal(part, t[start:stop]), (sb, start)
 
 
 def test_sampler_rejects_bad_arguments(mnist_dir):
@@ -91,4 +80,4 @@ def test_sampler_rejects_bad_arguments(mnist_dir):
     with pytest.raises(ValueError, match="FCN"):
         Sampler(spec, dense=True)
     with pytest.raises(ValueError, match="block id"):
-        block_generator(0, -1)
+        block_key(0, -1)

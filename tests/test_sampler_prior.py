@@ -12,9 +12,12 @@ import torch
 from scipy.integrate import quad
 
 from volume.inputs import load_inputs
-from volume.models import Network, draw_params, layer_shapes, scale_params, stream_tensors
-from volume.sampler import BlockStream, Sampler, block_generator
+from volume.models import Network, draw_params, layer_shapes, scale_params
+from volume.sampler import Sampler, block_standard
+from volume.stream import block_key
 from volume.spec import FCN, BooleanCube, ExperimentSpec, Prior
+
+pytestmark = pytest.mark.usefixtures("both_backends")  # compiled kernel and torch path
 
 Z = 4.5  # tolerance in standard errors (all checks together fail by chance with p < 1e-4)
 
@@ -43,9 +46,7 @@ def test_sampler_parameter_moments(kind, sigma_b):
     spec = ExperimentSpec(architecture=FCN(hidden=(30, 20)), prior=Prior(kind=kind, sigma_w=1.7, sigma_b=sigma_b),
                           inputs=BooleanCube(n=5), block_size=700)
     layers = layer_shapes(spec, (5,))
-    bufs = stream_tensors(spec, layers, spec.block_size)
-    BlockStream(spec, layers, 1).fill(bufs, 0, spec.block_size)
-    params = scale_params(spec, layers, bufs)
+    params = scale_params(spec, layers, block_standard(spec, layers, 1, 0, spec.block_size))
     for i, layer in enumerate(layers):
         _check_moments(params[f"weight{i}"].numpy(), 1.7**2 / layer.fan_in, kind, f"weight{i}")
         b = params[f"bias{i}"].numpy()
@@ -133,8 +134,6 @@ def test_perceptron_uniform_prior_exact_probability():
     _assert_prob(lab[:, 0].mean(), 0.5, lab.shape[0], "P(b > 0)")
 
 
-def test_block_generator_is_seeded_by_seed_and_block():
-    a = torch.empty(8).normal_(generator=block_generator(0, 1))
-    assert torch.equal(a, torch.empty(8).normal_(generator=block_generator(0, 1)))
-    assert not torch.equal(a, torch.empty(8).normal_(generator=block_generator(0, 2)))
-    assert not torch.equal(a, torch.empty(8).normal_(generator=block_generator(1, 1)))
+def test_block_key_is_a_function_of_seed_and_block():
+    assert block_key(0, 1) == block_key(0, 1)
+    assert len({block_key(0, 1), block_key(0, 2), block_key(1, 1), block_key(1, 0)}) == 4

@@ -1,6 +1,7 @@
 """The sampler's labels equal those of a straightforward, independent float64 re-implementation
-of the documented prior: the stream layout of ``volume.models.draw_standard`` read with a
-plain loop, the prior's scaling applied explicitly, and one network evaluated at a time.
+of the documented prior: random stream 2 computed from its definition (tests/stream_reference.py),
+the prior's scaling applied explicitly, and one network evaluated at a time. Every backend is
+checked: the compiled kernel (where it applies) and the torch dense and general paths.
 
 float32 and float64 sums round differently, so a label may differ where the output is within
 rounding of the decision boundary; the tests allow that only where the float64 margin is
@@ -17,31 +18,25 @@ import torch
 import torch.nn.functional as F
 from scipy.special import erf
 
+import stream_reference
+from volume import fused
 from volume.inputs import load_inputs
-from volume.models import UNIT
 from volume.sampler import Sampler
 from volume.spec import CNN, FCN, BooleanCube, ExperimentSpec, ImageSubset, Output, Prior
 
-DOCUMENTED_UNIT = 32  # the stream layout; changing it changes every table
-
-
 def _stream(spec: ExperimentSpec, block: int, shapes: list[tuple[tuple[int, ...], tuple[int, ...]]]):
-    """Standard draws of a block read from the documented layout: per unit of 32 draws, one
-    generator call per tensor in the order weight0, bias0 (if sigma_b > 0), weight1, ..."""
-    seed = int(np.random.SeedSequence([spec.seed, block]).generate_state(1, dtype=np.uint64)[0])
-    gen = torch.Generator().manual_seed(seed)
-    n = spec.block_size
-    draws = [[np.empty((n, *ws)), np.zeros((n, bs[0]))] for ws, bs in shapes]
-    for lo in range(0, n, DOCUMENTED_UNIT):
-        hi = min(lo + DOCUMENTED_UNIT, n)
-        for wb in draws:
-            for k in ((0, 1) if spec.prior.sigma_b > 0 else (0,)):
-                t = torch.empty(hi - lo, *wb[k].shape[1:])
-                if spec.prior.kind == "gaussian":
-                    t.normal_(generator=gen)
-                else:
-                    t.uniform_(-math.sqrt(3), math.sqrt(3), generator=gen)
-                wb[k][lo:hi] = t.double().numpy()
+    """float64 standard draws of a block in stream order: per layer [weights (n, *shape),
+    biases (n, out)] (biases zero and not drawn when sigma_b = 0)."""
+    biased = spec.prior.sigma_b > 0
+    sizes = [(math.prod(ws), bs[0] if biased else 0) for ws, bs in shapes]
+    z = stream_reference.standard(spec.prior.kind, sum(a + b for a, b in sizes), spec.seed, block,
+                                  range(spec.block_size))
+    n, pos, draws = spec.block_size, 0, []
+    for (ws, bs), (nw, nb) in zip(shapes, sizes):
+        w = z[:, pos:pos + nw].reshape(n, *ws)
+        b = z[:, pos + nw:pos + nw + nb] if biased else np.zeros((n, bs[0]))
+        pos += nw + nb
+        draws.append([w, b])
     return draws
 
 
@@ -51,18 +46,7 @@ def _act(name: str, z: np.ndarray) -> np.ndarray:
 
 def reference_fcn(spec: ExperimentSpec, x: np.ndarray, block: int) -> np.ndarray:
     """float64 outputs (B, M, units) of an FCN block, one network at a time."""
-    x = x.reshape(x.shape[0], -1).astype(np.float64)
-    widths = [x.shape[1], *spec.architecture.hidden, spec.output.units]
-    shapes = [((o, i), (o,)) for i, o in zip(widths[:-1], widths[1:])]
-    draws = _stream(spec, block, shapes)
-    out = []
-    for j in range(spec.block_size):
-        h = x
-        for li, (w, b) in enumerate(draws):
-            z = h @ (w[j] * spec.prior.sigma_w / math.sqrt(w.shape[2])).T + spec.prior.sigma_b * b[j]
-            h = z if li == len(draws) - 1 else _act(spec.architecture.activation, z)
-        out.append(h)
-    return np.stack(out)
+    return stream_reference.fcn_outputs(spec, x, block, range(spec.block_size))
 
 
 def reference_cnn(spec: ExperimentSpec, x: np.ndarray, block: int) -> np.ndarray:
@@ -128,13 +112,17 @@ FCN_SPECS = {
 }
 
 
-def test_documented_unit():
-    assert UNIT == DOCUMENTED_UNIT
+UNIT = 32
+# (backend, dense, stream): the compiled kernel; the torch dense and general paths with the
+# compiled generator (where built) and with the stream of volume.stream in numpy/torch
+PATHS = [("compiled", None, "auto"), ("torch", True, "auto"), ("torch", False, "auto"), ("torch", True, "numpy")]
 
 
-@pytest.mark.parametrize("name", list(FCN_SPECS))
-@pytest.mark.parametrize("dense", [True, False])
-def test_fcn_labels_match_reference(name, dense):
+@pytest.mark.parametrize("name,backend,dense,stream", [
+    (name, b, d, st) for name in FCN_SPECS for b, d, st in PATHS
+    if b == "torch" or not fused.unsupported(FCN_SPECS[name] or ExperimentSpec())])
+def test_fcn_labels_match_reference(name, backend, dense, stream, monkeypatch):
+    monkeypatch.setenv("VOLUME_STREAM", stream)
     spec = FCN_SPECS[name]
     if spec is None:
         from conftest import EXAMPLES
@@ -142,8 +130,8 @@ def test_fcn_labels_match_reference(name, dense):
         spec = ExperimentSpec.load(EXAMPLES / "boolean7.toml")
     spec = spec.replace(block_size=2 * UNIT + 6, seed=3)
     inputs = load_inputs(spec.inputs)
-    sampler = Sampler(spec, inputs, sub_batch=UNIT - 3, dense=dense)
-    assert sampler.dense == dense
+    sampler = Sampler(spec, inputs, sub_batch=UNIT - 3, dense=dense, backend=backend)
+    assert sampler.backend == backend
     for block in (0, 5):
         labels = sampler.labels(block)
         assert_labels_match(spec, labels, reference_fcn(spec, inputs.x, block))
@@ -158,5 +146,5 @@ def test_cnn_labels_match_reference(output, mnist_dir):
                           inputs=ImageSubset(dataset="mnist", path=str(mnist_dir), count=16, normalise="standard"))
     inputs = load_inputs(spec.inputs)
     sampler = Sampler(spec, inputs, sub_batch=5)
-    assert not sampler.dense
+    assert not sampler.dense and sampler.backend == "torch"
     assert_labels_match(spec, sampler.labels(2), reference_cnn(spec, inputs.x, 2))

@@ -21,8 +21,8 @@ import torch
 
 from volume.errors import TableError, VolumeError
 from volume.sampler import Sampler
-from volume.spec import ExperimentSpec
-from volume.table import FrequencyTable
+from volume.spec import RANDOM_STREAM_VERSION, ExperimentSpec
+from volume.table import FrequencyTable, stream_mismatch
 
 
 def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: str = "cpu"):
@@ -49,6 +49,9 @@ def open_table(spec: ExperimentSpec, path: str | Path | None) -> FrequencyTable:
     if path is None or not Path(path).exists():
         return FrequencyTable.empty(spec)
     table = FrequencyTable.load(path)
+    if table.random_stream != RANDOM_STREAM_VERSION:
+        raise TableError(f"output table {str(path)!r}: " + stream_mismatch(table.random_stream, RANDOM_STREAM_VERSION)
+                         + "; it is left unchanged")
     if table.spec_id != spec.spec_id:
         raise TableError(
             f"output table {str(path)!r} holds spec {table.spec_id} ({table.spec.name or 'unnamed'}), not this spec "

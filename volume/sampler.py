@@ -1,49 +1,52 @@
 """Sampling blocks of prior draws and the functions they induce.
 
-Block b of a spec is ``spec.block_size`` draws whose parameters come from one generator,
-``block_generator(spec.seed, b)``, seeded by ``block_seed(seed, b)`` (the first 64-bit word
-of numpy ``SeedSequence([seed, b])``), in the stream layout of
-:func:`volume.models.draw_standard`: units of ``UNIT`` draws, each unit filling weight0,
-bias0 (only if sigma_b > 0), weight1, ... with one generator call per tensor. So the
-parameters of block b are exactly ``draw_params(spec, layers, block_size,
-block_generator(seed, b))``, and the labels of a block are a pure function of (spec, b):
-the same whatever sub-batch size evaluates it, whichever worker runs it, however often it
-is retried.
+Block b of a spec is ``spec.block_size`` draws whose standard numbers come from the
+counter-based random stream of :mod:`volume.stream` (random stream 2: Philox4x32-10 keyed by
+(seed, b), counters (number group, draw)): draw i's parameters are a pure function of
+(spec, b, i), whatever sub-batch, backend, device or worker evaluates it. For image inputs of
+a Gaussian FCN the first layer is drawn in the basis of the input set (:mod:`volume.basis`):
+r = rank(X) numbers per hidden unit instead of d, the same distribution of functions.
 
-A block is evaluated in sub-batches small enough for the activations to stay in cache;
-the draws of a sub-batch are generated just before it is evaluated (:class:`BlockStream`),
-into buffers that are reused for the whole block.
+Two backends compute a block's keys (``Sampler(backend=...)``; the environment variable
+``VOLUME_BACKEND`` sets the default, the CLI's ``--backend`` sets that):
 
-Two evaluation paths give the same function for the same draws:
+* ``compiled`` (:mod:`volume.fused`): the C kernel draws each draw's numbers and evaluates it
+  on the whole input set in cache, vectorised, and writes its key; FCNs with ReLU;
+* ``torch``: the reference path, any architecture and device: the stream in torch/numpy
+  integer arithmetic (:func:`block_standard`), sub-batches small enough for the activations
+  to stay in cache, evaluated either by the general path (scale with
+  :func:`volume.models.scale_params`, run :func:`volume.models.forward`) or, for FCNs, the
+  dense path (:class:`DenseStack`): activations kept as (draws, units, M), the first layer
+  one matrix product W0 (n*h, d) @ X^T (d, M) for the whole sub-batch, later layers one
+  batched product, biases through ``addmm``/``baddbmm``, activations in place. For ReLU with
+  sigma_b = 0 the weights are not scaled: relu(c z) = c relu(z) for c > 0, so the output is
+  the scaled network's times a positive constant and the labels (sign or argmax) are the same.
+* ``auto`` (default): ``compiled`` where it applies and is built, else ``torch`` (with a
+  one-line notice when the extension is missing).
 
-* the general path (any architecture): scale the draws (:func:`volume.models.scale_params`)
-  and run :func:`volume.models.forward`;
-* the dense path (FCNs, :class:`DenseStack`): activations are kept as (draws, units, M),
-  so the first layer is one matrix product W0 (n*h, d) @ X^T (d, M) for the whole
-  sub-batch, later layers one batched product W_l @ H_{l-1}, biases enter through
-  ``addmm``/``baddbmm`` and activations are applied in place. For ReLU with sigma_b = 0 the
-  scaling of the weights is skipped: relu(c z) = c relu(z) for c > 0, so every
-  pre-activation, and the output, is the scaled network's times the positive constant
-  prod_l sigma_w / sqrt(fan_in_l), and the labels (sign or argmax) are unchanged.
-
-The two paths sum in different orders, so in float32 they can disagree where an output is
-within rounding (about 1e-6 relative) of a decision boundary; both are exact evaluations of
-the same prior up to that rounding. Within one path the result of a draw does not depend on
-the sub-batch it is evaluated in (tests/test_sampler_determinism.py).
+The backends sum in different orders and compute ln, sqrt, cos and sin to float32 accuracy
+in different ways, so for the same draw their outputs differ by rounding (about 1e-6
+relative): the labels agree except where an output is that close to a decision boundary
+(tests/test_fused.py measures it against a float64 reference). Within one backend the result
+of a draw does not depend on the sub-batch it is evaluated in.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import numpy as np
 import torch
 
+from volume import fused
+from volume.basis import basis_layers, uses_basis
 from volume.inputs import InputSet, load_inputs
-from volume.keys import pack_labels
-from volume.models import (UNIT, Layer, fill_unit_, forward, labels_from_outputs, layer_shapes, scale_params,
-                           stream_tensors)
+from volume.keys import pack_labels, unpack_keys
+from volume.models import Layer, forward, labels_from_outputs, layer_shapes, scale_params
 from volume.spec import CNN, FCN, ExperimentSpec
+from volume.stream import block_key, standard_draws
 
 DEFAULT_SUB_BATCH = 64
 """Largest sub-batch chosen automatically (``Sampler(sub_batch=None)``)."""
@@ -51,68 +54,51 @@ DEFAULT_SUB_BATCH = 64
 CACHE_BYTES = 2 << 20
 """Working-set target of an automatically chosen sub-batch (about one core's L2 cache)."""
 
+BACKENDS = ("auto", "compiled", "torch")
+BACKEND_ENV = "VOLUME_BACKEND"
+STREAM_ENV = "VOLUME_STREAM"
+
 _ACT_ = {"relu": torch.Tensor.relu_, "tanh": torch.Tensor.tanh_, "erf": torch.Tensor.erf_}
+_NOTICE_GIVEN = False
 
 
-def block_seed(seed: int, block: int) -> int:
-    """64-bit seed of block ``block`` of a run with ``seed``."""
-    if block < 0:
-        raise ValueError(f"block id must be >= 0, got {block}")
-    return int(np.random.SeedSequence([seed, block]).generate_state(1, dtype=np.uint64)[0])
+def stream_sizes(spec: ExperimentSpec, layers: list[Layer]) -> list[tuple[int, ...]]:
+    """Shapes (per draw) of the stream-order tensors: weight0, bias0 (if sigma_b > 0), weight1, ..."""
+    shapes: list[tuple[int, ...]] = []
+    for layer in layers:
+        shapes.append(tuple(layer.weight_shape))
+        if spec.prior.sigma_b > 0:
+            shapes.append(tuple(layer.bias_shape))
+    return shapes
 
 
-def block_generator(seed: int, block: int) -> torch.Generator:
-    """The generator whose stream (see :func:`volume.models.draw_standard`) gives block ``block``."""
-    return torch.Generator(device="cpu").manual_seed(block_seed(seed, block))
+def block_standard(spec: ExperimentSpec, layers: list[Layer], block: int, start: int, stop: int, *,
+                   seed: int | None = None, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Standard (unscaled) parameters of draws [start, stop) of block ``block`` (seed default
+    ``spec.seed``), as stream-order tensors (n, *shape): the random stream of volume.stream.
+
+    In float32 on the CPU the numbers come from the compiled kernel's generator where it is
+    built (about 10x faster than the numpy/torch integer arithmetic of volume.stream, the
+    same numbers to float32 rounding); ``VOLUME_STREAM=numpy`` forces volume.stream."""
+    shapes = stream_sizes(spec, layers)
+    sizes = [math.prod(s) for s in shapes]
+    key = block_key(spec.seed if seed is None else seed, block)
+    if (fused.available() and dtype == torch.float32 and torch.device(device).type == "cpu"
+            and os.environ.get(STREAM_ENV, "auto") != "numpy"):
+        z = torch.from_numpy(fused.standard(spec.prior.kind, sum(sizes), key, start, stop))
+    else:
+        z = standard_draws(spec.prior.kind, sum(sizes), key, start, stop, device, dtype)
+    n = stop - start
+    return [t.reshape(n, *shape).contiguous() for t, shape in zip(z.split(sizes, dim=1), shapes)]
 
 
-class BlockStream:
-    """The standard draws of one block, produced unit by unit as sub-batches ask for them.
-
-    ``fill(tensors, start, stop)`` writes draws [start, stop) of the block into the first
-    stop - start rows of stream-order buffers (:func:`volume.models.stream_tensors`).
-    Calls must come in increasing, contiguous order (start = the previous stop). A unit that
-    lies wholly inside [start, stop) is drawn straight into the buffers; a unit cut by a
-    sub-batch boundary is drawn once into a scratch unit and copied out piece by piece. The
-    values are those of ``draw_standard(spec, layers, block_size, block_generator(seed, b))``.
-    """
-
-    def __init__(self, spec: ExperimentSpec, layers: list[Layer], block: int, dtype: torch.dtype = torch.float32):
-        self.spec = spec
-        self.layers = layers
-        self.size = spec.block_size
-        self.generator = block_generator(spec.seed, block)
-        self.dtype = dtype
-        self.position = 0  # next draw to hand out
-        self.next_unit = 0  # next unit to draw from the generator
-        self._scratch: list[torch.Tensor] | None = None
-        self._scratch_unit = -1
-
-    def _unit_bounds(self, u: int) -> tuple[int, int]:
-        return u * UNIT, min((u + 1) * UNIT, self.size)
-
-    def fill(self, tensors: list[torch.Tensor], start: int, stop: int) -> None:
-        if start != self.position or not start < stop <= self.size:
-            raise ValueError(f"draws [{start}, {stop}) asked for; the stream is at draw {self.position} "
-                             f"of a block of {self.size}")
-        for u in range(start // UNIT, (stop - 1) // UNIT + 1):
-            lo, hi = self._unit_bounds(u)
-            if start <= lo and hi <= stop:  # whole unit: draw in place
-                assert u == self.next_unit
-                fill_unit_(self.spec, [t[lo - start:hi - start] for t in tensors], 0, hi - lo, self.generator)
-                self.next_unit += 1
-                continue
-            if self._scratch_unit != u:
-                assert u == self.next_unit
-                if self._scratch is None:
-                    self._scratch = stream_tensors(self.spec, self.layers, UNIT, self.dtype)
-                fill_unit_(self.spec, self._scratch, 0, hi - lo, self.generator)
-                self._scratch_unit = u
-                self.next_unit += 1
-            a, z = max(lo, start), min(hi, stop)
-            for t, s in zip(tensors, self._scratch):
-                t[a - start:z - start].copy_(s[a - lo:z - lo])
-        self.position = stop
+def resolve_backend(backend: str | None) -> str:
+    backend = os.environ.get(BACKEND_ENV, "auto") if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend = {backend!r} is invalid: choose one of {', '.join(BACKENDS)} "
+                         f"(argument backend= or the environment variable {BACKEND_ENV})")
+    return backend
 
 
 class DenseStack:
@@ -184,47 +170,65 @@ def activation_bytes(layers: list[Layer], input_shape: tuple[int, ...], m: int) 
 
 
 def auto_sub_batch(spec: ExperimentSpec, layers: list[Layer], input_shape: tuple[int, ...], m: int) -> int:
-    """Sub-batch whose working set is about ``CACHE_BYTES``: a multiple of ``UNIT`` when
-    that fits, at most ``DEFAULT_SUB_BATCH`` and the block size, at least 1."""
+    """Sub-batch whose working set is about ``CACHE_BYTES``: at most ``DEFAULT_SUB_BATCH``
+    and the block size, at least 1."""
     s = CACHE_BYTES // max(1, activation_bytes(layers, input_shape, m))
-    if s >= UNIT:
-        s -= s % UNIT
     return max(1, min(s, DEFAULT_SUB_BATCH, spec.block_size))
 
 
 class Sampler:
     """Evaluates blocks of one spec; holds the input set, layer shapes and buffers between blocks.
 
-    ``sub_batch``: draws evaluated at once (default: :func:`auto_sub_batch`); it changes
-    speed and memory, never the labels. ``dense``: use the FCN dense path (default: for
-    every FCN); ``dense=False`` forces the general path.
+    ``sub_batch``: draws evaluated at once by the torch backend (default:
+    :func:`auto_sub_batch`); it changes speed and memory, never the labels. ``dense``: use the
+    FCN dense path of the torch backend (default: for every FCN); ``dense=False`` forces the
+    general path. ``backend``: 'auto' | 'compiled' | 'torch' (see the module docstring);
+    ``isa``: the compiled kernel's instruction set ('auto' | 'avx512' | 'avx2' | 'generic').
     """
 
     def __init__(self, spec: ExperimentSpec, inputs: InputSet | None = None, *,
-                 sub_batch: int | None = None, device: str = "cpu", dense: bool | None = None):
+                 sub_batch: int | None = None, device: str = "cpu", dense: bool | None = None,
+                 backend: str | None = None, isa: str = "auto"):
+        global _NOTICE_GIVEN
         if spec.training is not None:
             raise ValueError("this spec describes optimizer-found functions (spec.training); use volume.train")
         if sub_batch is not None and (isinstance(sub_batch, bool) or not isinstance(sub_batch, int) or sub_batch < 1):
             raise ValueError(f"sub_batch = {sub_batch!r}: give an integer >= 1, or None to choose it automatically")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but CUDA is not available; use device='cpu'")
+        backend = resolve_backend(backend)
         self.spec = spec
         self.inputs = inputs if inputs is not None else load_inputs(spec.inputs)
         self.layers = layer_shapes(spec, self.inputs.shape)
+        x = self.inputs.x
+        self.basis = uses_basis(spec)
+        if self.basis:
+            self.layers, x = basis_layers(self.layers, x)
+            self.basis = x is not self.inputs.x
         if sub_batch is None:
-            sub_batch = auto_sub_batch(spec, self.layers, self.inputs.shape, self.inputs.n_inputs)
+            sub_batch = auto_sub_batch(spec, self.layers, tuple(x.shape[1:]), self.inputs.n_inputs)
         self.sub_batch = min(sub_batch, spec.block_size)
         self.device = torch.device(device)
-        self.x = torch.as_tensor(self.inputs.x, device=self.device)
+        self.x = torch.as_tensor(x, device=self.device)
         is_fcn = isinstance(spec.architecture, FCN)
         if dense and not is_fcn:
             raise ValueError("dense=True needs an FCN architecture")
         self.dense = is_fcn if dense is None else bool(dense)
         assert isinstance(spec.architecture, (FCN, CNN))
-        self._buffers = stream_tensors(spec, self.layers, self.sub_batch)
-        on_device = self.device.type != "cpu"
-        self._device_buffers = [t.to(self.device) for t in self._buffers] if on_device else self._buffers
-        self._stack = DenseStack(spec, self.layers, self.x, self.sub_batch) if self.dense else None
+        why = fused.unsupported(spec, device) or fused.notice()
+        if backend == "compiled" and why:
+            raise ValueError(f"backend 'compiled' cannot draw this spec: {why}")
+        if backend == "auto" and dense is not False and not why:
+            backend = "compiled"
+        elif backend == "auto":
+            if fused.notice() and not fused.unsupported(spec, device) and not _NOTICE_GIVEN:
+                print(fused.notice(), file=sys.stderr)
+                _NOTICE_GIVEN = True
+            backend = "torch"
+        self.backend = backend
+        self._fused = fused.FusedFCN(spec, self.layers, np.asarray(x), isa) if backend == "compiled" else None
+        self._stack = (DenseStack(spec, self.layers, self.x, self.sub_batch)
+                       if self.dense and self._fused is None else None)
 
     @property
     def n_inputs(self) -> int:
@@ -233,16 +237,15 @@ class Sampler:
     def labels(self, block: int) -> np.ndarray:
         """Labels (block_size, M) uint8 of block ``block``."""
         spec = self.spec
-        stream = BlockStream(spec, self.layers, block)
+        if self._fused is not None:
+            return unpack_keys(self._fused.keys(block), self.n_inputs, spec.output.classes)
         out = np.empty((spec.block_size, self.n_inputs), dtype=np.uint8)
         out_t = torch.from_numpy(out)
         with torch.no_grad():
             for start in range(0, spec.block_size, self.sub_batch):
                 stop = min(start + self.sub_batch, spec.block_size)
                 n = stop - start
-                stream.fill(self._buffers, start, stop)
-                tensors = [d[:n].copy_(t[:n]) if d is not t else t[:n]
-                           for d, t in zip(self._device_buffers, self._buffers)]
+                tensors = block_standard(spec, self.layers, block, start, stop, device=self.device)
                 if self._stack is not None:
                     if self.device.type == "cpu":
                         self._stack.run(tensors, out_t[start:stop])
@@ -257,6 +260,8 @@ class Sampler:
 
     def keys(self, block: int) -> np.ndarray:
         """Packed keys (block_size, key_bytes) of block ``block``."""
+        if self._fused is not None:
+            return self._fused.keys(block)
         return pack_labels(self.labels(block), self.spec.output.classes)
 
 

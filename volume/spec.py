@@ -243,10 +243,13 @@ class Training:
 
 _ARCH = {"fcn": FCN, "cnn": CNN}
 _INPUTS = {"boolean": BooleanCube, "image": ImageSubset}
-# Version of the layout in which a block's random numbers become parameters
-# (volume.models.draw_params). It is part of every spec_id, so tables drawn under another
-# layout have another id and can never be merged with, or extended by, new draws.
-RANDOM_STREAM_VERSION = 1
+# Version of the random stream: how block b's random numbers become parameters
+# (volume.stream; DESIGN.md "Random stream"). It is part of every spec_id, so tables drawn
+# under another stream have another id and can never be merged with, or extended by, new
+# draws. 1: torch's CPU generator seeded per block, units of 32 draws (volume <= 0.1);
+# 2: Philox4x32-10 counters per (draw, number group), Box-Muller; image inputs of a Gaussian
+# FCN drawn in the basis of the input set (volume.basis).
+RANDOM_STREAM_VERSION = 2
 
 SECTIONS = ("architecture", "prior", "inputs", "output", "seed", "block_size", "training", "name")
 
@@ -283,22 +286,26 @@ class ExperimentSpec:
         """Plain nested dict (tuples as lists), the form written to JSON/TOML."""
         return _plain(dataclasses.asdict(self))
 
-    def identity_dict(self) -> dict[str, Any]:
+    def identity_dict(self, random_stream: int = RANDOM_STREAM_VERSION) -> dict[str, Any]:
         """The fields that change the sampled functions (no data path, no name)."""
         d = self.to_dict()
         d.pop("name", None)
         d["inputs"].pop("path", None)
         if d.get("training") is None:
             d.pop("training", None)
-        d["random_stream"] = RANDOM_STREAM_VERSION
+        d["random_stream"] = random_stream
         return d
 
-    def canonical_json(self) -> str:
-        return json.dumps(self.identity_dict(), sort_keys=True, separators=(",", ":"))
+    def canonical_json(self, random_stream: int = RANDOM_STREAM_VERSION) -> str:
+        return json.dumps(self.identity_dict(random_stream), sort_keys=True, separators=(",", ":"))
 
     @property
     def spec_id(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+        return self.spec_id_under(RANDOM_STREAM_VERSION)
+
+    def spec_id_under(self, random_stream: int) -> str:
+        """The id this spec has (had) under random-stream version ``random_stream``."""
+        return hashlib.sha256(self.canonical_json(random_stream).encode()).hexdigest()[:16]
 
     @property
     def n_inputs(self) -> int:

@@ -4,10 +4,12 @@ A table holds sorted unique keys (U, key_bytes) uint8, their counts (U,) uint64,
 ids of the blocks counted, and the spec. Tables of the same spec and disjoint blocks
 merge into exactly the table of the union of their blocks, whatever the grouping or
 order (merging is a sorted multiset union: associative and commutative). Merging tables
-of different specs, or counting a block twice, raises :class:`TableError`.
+of different specs or random streams, or counting a block twice, raises :class:`TableError`.
 
 On disk (HDF5, readable with plain h5py): root attributes ``format="volume-table"``,
-``format_version``, ``spec`` (JSON), ``spec_id``, ``n_samples``, ``library_version``;
+``format_version``, ``spec`` (JSON), ``spec_id``, ``random_stream`` (the version of the random
+stream the draws came from; absent in tables of version 1), ``n_samples``, ``library_version``,
+``torch_version`` and ``numpy_version`` (of the process that wrote the file);
 datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts`` (uint64, U),
 ``blocks`` (int64, sorted). Writes go to a temporary file in the same directory that is
 renamed over the target, so a reader sees the old table or the new one, never half.
@@ -24,7 +26,7 @@ from volume import __version__
 from volume.errors import TableError
 from volume.h5io import atomic_h5, check_format
 from volume.keys import key_bytes, pack_labels, parse_function
-from volume.spec import ExperimentSpec, SpecError
+from volume.spec import RANDOM_STREAM_VERSION, ExperimentSpec, SpecError
 
 FORMAT = "volume-table"
 FORMAT_VERSION = 1
@@ -51,11 +53,34 @@ def count_keys(keys: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.n
     return uniq, np.add.reduceat(c, starts).astype(np.uint64)
 
 
+def _package_version(name: str) -> str:
+    """Version of an installed distribution (read from its metadata: torch is not imported)."""
+    import sys
+    from importlib import metadata
+
+    mod = sys.modules.get(name)
+    if mod is not None and hasattr(mod, "__version__"):
+        return str(mod.__version__)
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def stream_mismatch(have: int, want: int, what: str = "table") -> str:
+    """The one-line refusal to mix draws of two random-stream versions."""
+    return (f"cannot mix draws of random stream {have} and {want}: the {what} was drawn with random stream "
+            f"{have}, and the same blocks under stream {want} are other draws (this volume draws stream "
+            f"{RANDOM_STREAM_VERSION}); start a new table (another -o path) for new draws")
+
+
 class FrequencyTable:
     """Counts of functions for one spec; see the module docstring."""
 
-    def __init__(self, spec: ExperimentSpec, keys: np.ndarray, counts: np.ndarray, blocks: Iterable[int]):
+    def __init__(self, spec: ExperimentSpec, keys: np.ndarray, counts: np.ndarray, blocks: Iterable[int],
+                 random_stream: int = RANDOM_STREAM_VERSION):
         self.spec = spec
+        self.random_stream = int(random_stream)
         self.n_inputs = spec.n_inputs
         self.classes = spec.output.classes
         self.key_bytes = key_bytes(self.n_inputs, self.classes)
@@ -96,7 +121,7 @@ class FrequencyTable:
 
     @property
     def spec_id(self) -> str:
-        return self.spec.spec_id
+        return self.spec.spec_id_under(self.random_stream)
 
     def __len__(self) -> int:
         return self.n_distinct
@@ -112,6 +137,8 @@ class FrequencyTable:
 
     # ---- combining -----------------------------------------------------------------
     def check_compatible(self, other: "FrequencyTable") -> None:
+        if self.random_stream != other.random_stream:
+            raise TableError(stream_mismatch(self.random_stream, other.random_stream))
         if self.spec_id != other.spec_id:
             raise TableError(
                 f"cannot merge tables of different specs ({self.spec_id} vs {other.spec_id}): "
@@ -127,7 +154,8 @@ class FrequencyTable:
         self.check_compatible(other)
         keys, counts = count_keys(np.concatenate([self.keys, other.keys]),
                                   np.concatenate([self.counts, other.counts]))
-        return FrequencyTable(self.spec, keys, counts, np.concatenate([self.blocks, other.blocks]))
+        return FrequencyTable(self.spec, keys, counts, np.concatenate([self.blocks, other.blocks]),
+                              self.random_stream)
 
     @staticmethod
     def merge_all(tables: Iterable["FrequencyTable"]) -> "FrequencyTable":
@@ -142,7 +170,7 @@ class FrequencyTable:
             raise TableError("cannot merge: some block is counted in more than one table")
         keys, counts = count_keys(np.concatenate([t.keys for t in tables]),
                                   np.concatenate([t.counts for t in tables]))
-        return FrequencyTable(first.spec, keys, counts, blocks)
+        return FrequencyTable(first.spec, keys, counts, blocks, first.random_stream)
 
     # ---- queries -------------------------------------------------------------------
     def keys_of(self, functions: Iterable) -> np.ndarray:
@@ -190,8 +218,11 @@ class FrequencyTable:
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["spec"] = self.spec.to_json(indent=None)
             f.attrs["spec_id"] = self.spec_id
+            f.attrs["random_stream"] = np.int64(self.random_stream)
             f.attrs["n_samples"] = np.uint64(self.n_samples)
             f.attrs["library_version"] = __version__
+            f.attrs["torch_version"] = _package_version("torch")
+            f.attrs["numpy_version"] = np.__version__
             f.create_dataset("keys", data=self.keys, dtype=np.uint8, chunks=True if self.n_distinct else None,
                              compression="gzip" if self.n_distinct > 4096 else None)
             f.create_dataset("counts", data=self.counts, dtype=np.uint64)
@@ -213,6 +244,7 @@ class FrequencyTable:
                         raise TableError(f"{str(p)!r} lacks the dataset {name!r}: the file is corrupt")
                 spec_json = f.attrs["spec"]
                 stored_id = str(f.attrs["spec_id"])
+                stream = int(f.attrs.get("random_stream", 1))
                 n_samples = int(f.attrs["n_samples"])
                 keys = f["keys"][...]
                 counts = f["counts"][...]
@@ -225,12 +257,13 @@ class FrequencyTable:
             spec = ExperimentSpec.from_json(spec_json if isinstance(spec_json, str) else spec_json.decode())
         except SpecError as e:
             raise TableError(f"table {str(p)!r} holds an invalid spec: {e}") from None
-        if spec.spec_id != stored_id:
-            raise TableError(f"table {str(p)!r}: stored spec_id {stored_id} does not match its spec ({spec.spec_id})")
+        if spec.spec_id_under(stream) != stored_id:
+            raise TableError(f"table {str(p)!r}: stored spec_id {stored_id} does not match its spec "
+                             f"({spec.spec_id_under(stream)})")
         kb = key_bytes(spec.n_inputs, spec.output.classes)
         if keys.ndim != 2 or keys.shape[1] != kb:
             raise TableError(f"table {str(p)!r}: keys have shape {keys.shape}, expected (U, {kb})")
-        table = cls(spec, keys, counts, blocks)
+        table = cls(spec, keys, counts, blocks, stream)
         if table.n_samples != n_samples:
             raise TableError(f"table {str(p)!r}: counts sum to {table.n_samples} but n_samples = {n_samples}")
         v = table._void

@@ -13,9 +13,10 @@ function f with the prior probability P(f). This module provides both halves of 
   curve and the function on the full input set (labels and packed key).
 * :class:`TrainingRun`: the block function of a spec with ``spec.training``. Block b is
   ``spec.block_size`` trainings; initialisation i is draw i of the prior block b (the same
-  generator, ``block_generator(spec.seed, b)``, and layout as :class:`volume.sampler.Sampler`,
-  so P and P_opt start from the same draws), and the minibatch order of training i is
-  seeded by the i-th of ``block_size`` 62-bit integers drawn next from that generator.
+  random stream, ``volume.sampler.block_standard``, as :class:`volume.sampler.Sampler`, all
+  layers in full, so P and P_opt start from the same draws wherever the sampler does not use
+  the input basis), and the minibatch order of training i is seeded by the i-th of
+  ``block_size`` 62-bit integers of ``SeedSequence([seed, b, 1])``.
   A block is therefore a pure function of (spec, b), and tables of optimizer-found
   functions merge like prior tables; the spec (training included) is part of the table's
   identity, so tables of different optimizers or training sets never merge.
@@ -34,8 +35,8 @@ import torch
 from volume.flatness.objective import Objective
 from volume.inputs import InputSet, load_inputs, target_labels
 from volume.keys import key_to_hex, pack_labels
-from volume.models import draw_params, layer_shapes
-from volume.sampler import block_generator
+from volume.models import layer_shapes, scale_params
+from volume.sampler import block_standard
 from volume.spec import ExperimentSpec, SpecError, Training
 from volume.table import FrequencyTable
 
@@ -152,9 +153,10 @@ class TrainingRun:
 
     def initialisations(self, block: int) -> tuple[torch.Tensor, list[int]]:
         """Flat initial parameters (block_size, P) and minibatch seeds of block ``block``."""
-        gen = block_generator(self.spec.seed, block)
-        params = draw_params(self.spec, self.layers, self.spec.block_size, gen)
-        seeds = torch.randint(0, 2**62, (self.spec.block_size,), generator=gen).tolist()
+        n = self.spec.block_size
+        params = scale_params(self.spec, self.layers, block_standard(self.spec, self.layers, block, 0, n))
+        seeds = (np.random.SeedSequence([self.spec.seed, block, 1]).generate_state(n, dtype=np.uint64)
+                 >> np.uint64(2)).tolist()
         flat = torch.cat([params[n].reshape(self.spec.block_size, -1) for n in self.objective.names], dim=1)
         return flat, seeds
 

@@ -20,9 +20,9 @@ covariance *given* the last hidden layer h_L (width = fan-in of the output layer
     K_hat(x, x') = mean_i [ sigma_w^2 h_L^i(x).h_L^i(x') / width + sigma_b^2 ],
 
 with its standard error (standard deviation over networks / sqrt(n)). Networks come from
-the project's own batched machinery (``volume.models.draw_params`` / ``forward``) and block b
-of draws uses ``volume.sampler.block_generator(seed, b)``, so draw i of block b is the same
-network the sampler draws (with the same block size). For a single hidden layer and a
+the project's own batched machinery (``volume.sampler.block_standard`` / ``forward``) and
+block b of draws is block b of the random stream (all layers in full), so draw i of block b is
+the same network the torch sampler draws wherever it does not use the input basis. For a single hidden layer and a
 Gaussian prior the estimate is unbiased at any width; deeper networks approach the NNGP
 kernel as width -> infinity (error O(1/width)).
 
@@ -41,8 +41,8 @@ import torch
 
 from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
-from volume.models import Layer, draw_params, forward, layer_shapes
-from volume.sampler import block_generator
+from volume.models import Layer, forward, layer_shapes, scale_params
+from volume.sampler import block_standard
 from volume.spec import FCN, ExperimentSpec
 
 #: bytes of working memory a kernel computation aims to stay within (besides its result)
@@ -190,8 +190,8 @@ def _hidden_features(spec: ExperimentSpec, hidden: list[Layer], params: dict[str
 class KernelBlockTask:
     """Picklable task: the kernel moments of a group of blocks of networks (for ``map_fn``).
 
-    Block b draws ``block_size`` networks from ``block_generator(seed, b)`` with
-    ``draw_params`` over all layers (the sampler's randomness layout) and evaluates the
+    Block b draws ``block_size`` networks from the random stream of block b under ``seed``
+    (``volume.sampler.block_standard``, the sampler's stream, all layers in full) and evaluates the
     hidden layers with ``forward``; networks and inputs are processed in sub-batches that
     keep the working set within ``memory_bytes``.
     """
@@ -220,7 +220,7 @@ class KernelBlockTask:
         n = 0
         with torch.no_grad():
             for b in blocks:
-                params = draw_params(spec, layers, self.block_size, block_generator(self.seed, int(b)))
+                params = scale_params(spec, layers, block_standard(spec, layers, int(b), 0, self.block_size, seed=self.seed))
                 for start in range(0, self.block_size, sub):
                     p = {k: v[start:start + sub] for k, v in params.items()}
                     h = _hidden_features(spec, hidden, p, x, chunk).to(torch.float64)
@@ -247,7 +247,7 @@ def empirical_kernel(spec: ExperimentSpec, inputs: InputSet | None = None, *, n_
     """Monte-Carlo kernel of any spec from ``n_networks`` sampled networks (rounded up to whole blocks).
 
     Parameters: ``block_size`` networks per block (default ``min(spec.block_size, 256, n_networks)``),
-    ``seed`` (default ``spec.seed``); block b uses ``block_generator(seed, b)``, so the result
+    ``seed`` (default ``spec.seed``); block b uses the random stream's block b, so the result
     depends only on (spec, seed, block_size, number of blocks). ``map_fn(func, items) -> list``
     distributes the tasks (groups of ``blocks_per_task`` blocks), e.g. ``volume.jobs.ray_map``;
     the default evaluates them here one after another. Each task returns two M x M float64

@@ -1,0 +1,322 @@
+/* The fused FCN sampler kernel, written once for a vector width VW (floats per vector) and
+ * compiled once per instruction set (k_avx512.c: VW 16, k_avx2.c: VW 8, k_generic.c: VW 4,
+ * portable C), each under its own `#pragma GCC target`; module.c picks one at run time.
+ *
+ * For each draw i of [start, stop) of a block with Philox key (key0, key1):
+ *   1. the draw's P standard numbers, random stream 2 (volume/stream.py docstring):
+ *      Philox4x32-10 of counters (q, i, 0, 0), q = 0, 1, ..., VW counters per vector, then
+ *      Box-Muller (or the uniform map) in float32, interleaved into stream order;
+ *   2. the forward pass on all inputs: H_l = act(s_l W_l H_{l-1} + sigma_b b_l), activations
+ *      laid out (units, inputs) with the inputs along the vector lanes (M padded to Mp, a
+ *      multiple of 16), each layer a register-blocked product (R rows x CV vectors of
+ *      accumulators, weights broadcast, inputs loaded);
+ *   3. the labels (threshold z > 0, or argmax) packed into the key, MSB first.
+ * Everything a draw touches (its parameters, two activation buffers, the inputs) stays in
+ * the core's L1/L2 cache.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernel_api.h"
+
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+
+#define INLINE static inline __attribute__((always_inline))
+
+#if VW == 16
+#define VSQRT(x) ((vf)_mm512_sqrt_ps((__m512)(x)))
+#define SPLAT(x) ((vf)_mm512_set1_ps(x))
+#elif VW == 8
+#define VSQRT(x) ((vf)_mm256_sqrt_ps((__m256)(x)))
+#define SPLAT(x) ((vf)_mm256_set1_ps(x))
+#else
+#define SPLAT(x) ((x) - (vf){0}) /* x - 0 == x exactly, so the subtraction folds away */
+INLINE vf vsqrt_lanes(vf x) {
+    for (int l = 0; l < VW; l++) x[l] = sqrtf(x[l]);
+    return x;
+}
+#define VSQRT(x) vsqrt_lanes(x)
+#endif
+
+INLINE void mulhilo(vu a, uint32_t m, vu *hi, vu *lo) {
+#if VW == 16
+    __m512i A = (__m512i)a, Mv = _mm512_set1_epi32((int)m);
+    __m512i pe = _mm512_mul_epu32(A, Mv);
+    __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(A, 32), Mv);
+    *hi = (vu)_mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
+#elif VW == 8
+    __m256i A = (__m256i)a, Mv = _mm256_set1_epi32((int)m);
+    __m256i pe = _mm256_mul_epu32(A, Mv);
+    __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(A, 32), Mv);
+    *hi = (vu)_mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+#else
+    for (int l = 0; l < VW; l++) (*hi)[l] = (uint32_t)(((uint64_t)a[l] * m) >> 32);
+#endif
+    *lo = a * m;
+}
+
+/* Philox4x32-10 of VW counters (c0 + lane, c1, 0, 0). */
+INLINE void philox(vu c0, uint32_t c1s, uint32_t k0, uint32_t k1, vu out[4]) {
+    vu c1 = (vu){0} + c1s, c2 = (vu){0}, c3 = (vu){0};
+    for (int r = 0; r < 10; r++) {
+        vu hi0, lo0, hi1, lo1;
+        mulhilo(c0, 0xD2511F53u, &hi0, &lo0);
+        mulhilo(c2, 0xCD9E8D57u, &hi1, &lo1);
+        vu n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
+    }
+    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+
+INLINE vf vselect(vi mask, vf a, vf b) { /* mask ? a : b, lane by lane */
+    return (vf)(((vi)a & mask) | ((vi)b & ~mask));
+}
+
+/* ln(u) for u in (0, 1] (Cephes logf: mantissa in [sqrt(1/2), sqrt(2)), degree-9 polynomial). */
+INLINE vf vlog(vf x) {
+    vi bits = (vi)x;
+    vi e = ((bits >> 23) & 0xff) - 126;
+    vf m = (vf)((bits & 0x007fffff) | 0x3f000000); /* in [0.5, 1) */
+    vi small = m < 0.707106781186547524f;
+    e = e + small; /* small is -1 where true */
+    m = vselect(small, m + m - 1.0f, m - 1.0f);
+    vf z = m * m;
+    vf y = SPLAT(7.0376836292E-2f);
+    y = y * m - 1.1514610310E-1f;
+    y = y * m + 1.1676998740E-1f;
+    y = y * m - 1.2420140846E-1f;
+    y = y * m + 1.4249322787E-1f;
+    y = y * m - 1.6668057665E-1f;
+    y = y * m + 2.0000714765E-1f;
+    y = y * m - 2.4999993993E-1f;
+    y = y * m + 3.3333331174E-1f;
+    y = y * m * z;
+    vf fe = __builtin_convertvector(e, vf);
+    y += -2.12194440e-4f * fe;
+    y += -0.5f * z;
+    return m + y + 0.693359375f * fe;
+}
+
+/* cos and sin of 2 pi k 2^-24 for 24-bit integers k: exact quadrant reduction, Cephes
+ * polynomials on [-pi/4, pi/4]. */
+INLINE void vsincos2pi(vi k, vf *c_out, vf *s_out) {
+    vi n = (k + (1 << 21)) >> 22;             /* round(4 t), 0..4 */
+    vi f = k - (n << 22);                     /* in [-2^21, 2^21) */
+    vf a = __builtin_convertvector(f, vf) * (float)(1.57079632679489661923 / 4194304.0);
+    vf z = a * a;
+    vf s = ((-1.9515295891E-4f * z + 8.3321608736E-3f) * z - 1.6666654611E-1f) * z * a + a;
+    vf c = ((2.443315711809948E-5f * z - 1.388731625493765E-3f) * z + 4.166664568298827E-2f) * z * z
+           - 0.5f * z + 1.0f;
+    vi swap = -(n & 1);
+    vf cc = vselect(swap, s, c), ss = vselect(swap, c, s);
+    vu cneg = (vu)((n + 1) & 2) << 30, sneg = (vu)(n & 2) << 30;
+    *c_out = (vf)((vu)cc ^ cneg);
+    *s_out = (vf)((vu)ss ^ sneg);
+}
+
+#if VW == 16
+#define LO_MASK (vi){0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23}
+#define HI_MASK (vi){8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
+#elif VW == 8
+#define LO_MASK (vi){0, 8, 1, 9, 2, 10, 3, 11}
+#define HI_MASK (vi){4, 12, 5, 13, 6, 14, 7, 15}
+#else
+#define LO_MASK (vi){0, 4, 1, 5}
+#define HI_MASK (vi){2, 6, 3, 7}
+#endif
+
+/* Write v0[l], v1[l], v2[l], v3[l] for l = 0..VW-1 to out[4 l + j]. */
+INLINE void store_interleaved(float *out, vf v0, vf v1, vf v2, vf v3) {
+    vf a0 = __builtin_shuffle(v0, v2, LO_MASK), a1 = __builtin_shuffle(v0, v2, HI_MASK);
+    vf b0 = __builtin_shuffle(v1, v3, LO_MASK), b1 = __builtin_shuffle(v1, v3, HI_MASK);
+    vf *o = (vf *)out;
+    o[0] = __builtin_shuffle(a0, b0, LO_MASK);
+    o[1] = __builtin_shuffle(a0, b0, HI_MASK);
+    o[2] = __builtin_shuffle(a1, b1, LO_MASK);
+    o[3] = __builtin_shuffle(a1, b1, HI_MASK);
+}
+
+/* The standard numbers of draw `draw` into out[0 .. 4 * VW * ceil(P / (4 VW))) (aligned). */
+static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
+    vu lane;
+    for (int l = 0; l < VW; l++) lane[l] = (uint32_t)l;
+    int groups = (n_params + 3) / 4;
+    for (int g = 0; g < groups; g += VW) {
+        vu x[4];
+        philox(lane + (uint32_t)g, draw, key0, key1, x);
+        vf z[4];
+        if (uniform) {
+            for (int j = 0; j < 4; j++) {
+                vi k = (vi)(x[j] >> 8);
+                z[j] = __builtin_convertvector(k + k + (1 - (1 << 24)), vf) * (float)(1.7320508075688772 / 16777216.0);
+            }
+        } else {
+            for (int j = 0; j < 4; j += 2) {
+                vi k0 = (vi)(x[j] >> 8), k1 = (vi)(x[j + 1] >> 8);
+                vf u = __builtin_convertvector(k0 + 1, vf) * (1.0f / 16777216.0f);
+                vf r = VSQRT(-2.0f * vlog(u));
+                vf c, s;
+                vsincos2pi(k1, &c, &s);
+                z[j] = r * c;
+                z[j + 1] = r * s;
+            }
+        }
+        store_interleaved(out + 4 * g, z[0], z[1], z[2], z[3]);
+    }
+}
+
+#ifndef CHUNK
+#define CHUNK 64 /* inputs per chunk: a multiple of CB * VW for every VW */
+#endif
+#if defined(RB16) && VW == 16
+#define RB RB16
+#define CB CB16
+#elif VW == 16
+#define RB 4
+#define CB 4
+#else
+#define RB 4
+#define CB 2
+#endif
+
+/* C[r0 .. r0+R) x [vectors c0 .. c0+NC) = act(W B + bias) for one block. */
+INLINE void micro(const int R, const int NC, const float *restrict w, int K, const float *restrict bias,
+                  const float *restrict B, int ldb, float *restrict C, int ldc, int act_relu) {
+    vf acc[RB][CB];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) acc[r][c] = (vf){0};
+    for (int k = 0; k < K; k++) {
+        vf bv[CB];
+        const vf *brow = (const vf *)(B + (size_t)k * ldb);
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) bv[c] = brow[c];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            vf wv = SPLAT(w[(size_t)r * K + k]);
+#pragma GCC unroll 8
+            for (int c = 0; c < NC; c++) acc[r][c] += wv * bv[c];
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        float bb = bias ? bias[r] : 0.0f;
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) {
+            vf v = acc[r][c] + bb;
+            if (act_relu) v = (vf)((vi)v & (v > 0.0f));
+            ((vf *)(C + (size_t)r * ldc))[c] = v;
+        }
+    }
+}
+
+/* C (O x nv vectors, row stride ldc) = act(W (O x K) B (K x nv vectors, row stride ldb) + bias):
+ * blocks of RB rows x CB vectors, then the edges. */
+static void layer(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv, float *C, int ldc,
+                  int relu) {
+    int r = 0;
+#define BLOCK(R, NC) micro(R, NC, W + (size_t)r * K, K, bias ? bias + r : 0, B + c * VW, ldb, C + (size_t)r * ldc + c * VW, ldc, relu)
+    for (; r + RB <= O; r += RB) {
+        int c = 0;
+        for (; c + CB <= nv; c += CB) BLOCK(RB, CB);
+        for (; c < nv; c++) BLOCK(RB, 1);
+    }
+    for (; r < O; r++) {
+        int c = 0;
+        for (; c + CB <= nv; c += CB) BLOCK(1, CB);
+        for (; c < nv; c++) BLOCK(1, 1);
+    }
+#undef BLOCK
+}
+
+void KERNEL_NAME(standard)(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1,
+                           int64_t start, int64_t stop) {
+    int padded = ((n_params + 4 * VW - 1) / (4 * VW)) * 4 * VW;
+    float *buf = aligned_alloc(64, (size_t)padded * 4);
+    for (int64_t i = start; i < stop; i++) {
+        draw_standard(buf, n_params, uniform, key0, key1, (uint32_t)i);
+        memcpy(out + (i - start) * (int64_t)n_params, buf, (size_t)n_params * 4);
+    }
+    free(buf);
+}
+
+int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
+    const int L = job->n_layers, Mp = job->mp, M = job->m;
+    int n_params = 0, maxw = 0;
+    for (int l = 0; l < L; l++) {
+        n_params += job->dims[l + 1] * job->dims[l] + (job->biased ? job->dims[l + 1] : 0);
+        if (job->dims[l + 1] > maxw) maxw = job->dims[l + 1];
+    }
+    int padded = ((n_params + 4 * VW - 1) / (4 * VW)) * 4 * VW;
+    float *params = aligned_alloc(64, (size_t)padded * 4);
+    float *h0 = aligned_alloc(64, (size_t)maxw * CHUNK * 4), *h1 = aligned_alloc(64, (size_t)maxw * CHUNK * 4);
+    float *res = aligned_alloc(64, (size_t)job->dims[L] * Mp * 4);
+    const float *in;
+    uint8_t *labels = malloc((size_t)M);
+    if (!params || !h0 || !h1 || !res || !labels) {
+        free(params); free(h0); free(h1); free(res); free(labels);
+        return -1;
+    }
+    const int units = job->dims[L], bits = job->bits_per_label;
+    for (int64_t i = job->start; i < job->stop; i++) {
+        draw_standard(params, n_params, job->uniform, job->key0, job->key1, (uint32_t)i);
+        float *p = params;
+        for (int l = 0; l < L; l++) { /* scale the weights once per draw */
+            int K = job->dims[l], O = job->dims[l + 1];
+            float *W = p, *b = job->biased ? p + (size_t)O * K : 0;
+            p += (size_t)O * K + (job->biased ? O : 0);
+            if (job->scale[l] != 0.0f) {
+                float s = job->scale[l];
+                for (int j = 0; j < O * K; j++) W[j] *= s;
+                if (b) for (int j = 0; j < O; j++) b[j] *= job->sigma_b;
+            }
+        }
+        /* the whole network on one chunk of CHUNK inputs at a time: activations stay in L1 */
+        for (int c0 = 0; c0 < Mp; c0 += CHUNK) {
+            int nv = (Mp - c0 < CHUNK ? Mp - c0 : CHUNK) / VW;
+            const float *in = job->xt + c0;
+            int ld_in = Mp;
+            float *out = h0;
+            p = params;
+            for (int l = 0; l < L; l++) {
+                int K = job->dims[l], O = job->dims[l + 1];
+                float *W = p, *b = job->biased ? p + (size_t)O * K : 0;
+                p += (size_t)O * K + (job->biased ? O : 0);
+                float *dst = l == L - 1 ? res + c0 : out;
+                int ld_out = l == L - 1 ? Mp : CHUNK;
+                layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1);
+                in = out;
+                ld_in = CHUNK;
+                out = out == h0 ? h1 : h0;
+            }
+        }
+        in = res;
+        /* in = outputs (units x Mp) */
+        uint8_t *key = keys + (i - job->start) * (int64_t)job->key_bytes;
+        memset(key, 0, (size_t)job->key_bytes);
+        if (job->argmax) {
+            for (int m = 0; m < M; m++) {
+                int best = 0;
+                float bv = in[m];
+                for (int u = 1; u < units; u++)
+                    if (in[(size_t)u * Mp + m] > bv) { bv = in[(size_t)u * Mp + m]; best = u; }
+                labels[m] = (uint8_t)best;
+            }
+            int64_t bit = 0;
+            for (int m = 0; m < M; m++)
+                for (int j = bits - 1; j >= 0; j--, bit++)
+                    if ((labels[m] >> j) & 1) key[bit >> 3] |= (uint8_t)(0x80u >> (bit & 7));
+        } else {
+            for (int m = 0; m < M; m++)
+                if (in[m] > 0.0f) key[m >> 3] |= (uint8_t)(0x80u >> (m & 7));
+        }
+    }
+    free(params); free(h0); free(h1); free(res); free(labels);
+    return 0;
+}

@@ -1,0 +1,180 @@
+/* volume._fused: the fused FCN sampler (kernel.h) as a Python extension module.
+ *
+ * fcn_keys(...) writes the packed keys of draws [start, stop) of one block; standard(...)
+ * the standard numbers of the random stream alone; isas() the instruction sets this CPU
+ * runs, best first. The instruction set is chosen at run time (CPUID and the OS's saved
+ * vector state, through __builtin_cpu_supports); isa= forces one (tests run each). The GIL
+ * is released while a kernel runs. Arrays are passed as Python buffers (numpy arrays), so
+ * the build needs no numpy headers.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernel_api.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define X86 1
+#else
+#define X86 0
+#endif
+
+static int has_avx512(void) {
+#if X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+#else
+    return 0;
+#endif
+}
+
+static int has_avx2(void) {
+#if X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+#else
+    return 0;
+#endif
+}
+
+/* 2: avx512, 1: avx2, 0: generic; -1 for an ISA this CPU cannot run or an unknown name. */
+static int pick_isa(const char *name) {
+    if (strcmp(name, "auto") == 0) return has_avx512() ? 2 : has_avx2() ? 1 : 0;
+    if (strcmp(name, "avx512") == 0) return has_avx512() ? 2 : -1;
+    if (strcmp(name, "avx2") == 0) return has_avx2() ? 1 : -1;
+    if (strcmp(name, "generic") == 0) return 0;
+    return -1;
+}
+
+static const char *ISA_NAMES[] = {"generic", "avx2", "avx512"};
+
+static int run_fcn(int isa, const struct fcn_job *job, uint8_t *keys) {
+#if X86
+    if (isa == 2) return fcn_keys_avx512(job, keys);
+    if (isa == 1) return fcn_keys_avx2(job, keys);
+#endif
+    return fcn_keys_generic(job, keys);
+}
+
+static void run_standard(int isa, float *out, int n, int uniform, uint32_t k0, uint32_t k1, int64_t a, int64_t b) {
+#if X86
+    if (isa == 2) { standard_avx512(out, n, uniform, k0, k1, a, b); return; }
+    if (isa == 1) { standard_avx2(out, n, uniform, k0, k1, a, b); return; }
+#endif
+    standard_generic(out, n, uniform, k0, k1, a, b);
+}
+
+static PyObject *py_isas(PyObject *self, PyObject *args) {
+    (void)self; (void)args;
+    if (has_avx512()) return Py_BuildValue("[sss]", "avx512", "avx2", "generic");
+    if (has_avx2()) return Py_BuildValue("[ss]", "avx2", "generic");
+    return Py_BuildValue("[s]", "generic");
+}
+
+static int parse_ints(PyObject *seq, int *out, int max, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > max) { Py_DECREF(fast); PyErr_Format(PyExc_ValueError, "%s: at most %d entries", what, max); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+    Py_DECREF(fast);
+    return PyErr_Occurred() ? -1 : (int)n;
+}
+
+static int parse_floats(PyObject *seq, float *out, int max, const char *what) {
+    PyObject *fast = PySequence_Fast(seq, what);
+    if (!fast) return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    if (n > max) { Py_DECREF(fast); PyErr_Format(PyExc_ValueError, "%s: at most %d entries", what, max); return -1; }
+    for (Py_ssize_t i = 0; i < n; i++) out[i] = (float)PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+    Py_DECREF(fast);
+    return PyErr_Occurred() ? -1 : (int)n;
+}
+
+/* fcn_keys(keys, xt, dims, scales, sigma_b, biased, uniform, argmax, bits_per_label, m, key0, key1,
+ *          start, stop, isa): keys (stop - start, key_bytes) uint8, writable; xt (dims[0], mp)
+ *          float32 with mp = m rounded up to a multiple of 16. */
+static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer keys, xt;
+    PyObject *dims, *scales;
+    struct fcn_job job;
+    memset(&job, 0, sizeof job);
+    unsigned int k0, k1;
+    long long start, stop;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "w*y*OOfiiiiiIILLs", &keys, &xt, &dims, &scales, &job.sigma_b, &job.biased,
+                          &job.uniform, &job.argmax, &job.bits_per_label, &job.m, &k0, &k1, &start, &stop,
+                          &isa_name))
+        return NULL;
+    PyObject *result = NULL;
+    float *xt_aligned = NULL;
+    int nd = parse_ints(dims, job.dims, MAX_LAYERS + 1, "dims");
+    if (nd < 0) goto done;
+    job.n_layers = nd - 1;
+    if (job.n_layers < 1) { PyErr_SetString(PyExc_ValueError, "dims: give the input dimension and >= 1 layer width"); goto done; }
+    if (parse_floats(scales, job.scale, MAX_LAYERS, "scales") != job.n_layers) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "scales: one per layer");
+        goto done;
+    }
+    int isa = pick_isa(isa_name);
+    if (isa < 0) { PyErr_Format(PyExc_ValueError, "isa %s is unknown or not supported by this CPU", isa_name); goto done; }
+    job.mp = (job.m + 15) / 16 * 16;
+    job.key_bytes = (job.m * job.bits_per_label + 7) / 8;
+    job.key0 = k0; job.key1 = k1; job.start = start; job.stop = stop;
+    if (stop < start || job.m < 1 || xt.len != (Py_ssize_t)job.dims[0] * job.mp * 4 ||
+        keys.len != (Py_ssize_t)(stop - start) * job.key_bytes) {
+        PyErr_SetString(PyExc_ValueError, "fcn_keys: buffer sizes do not match dims, m and [start, stop)");
+        goto done;
+    }
+    xt_aligned = aligned_alloc(64, ((size_t)xt.len + 63) / 64 * 64);
+    if (!xt_aligned) { PyErr_NoMemory(); goto done; }
+    memcpy(xt_aligned, xt.buf, (size_t)xt.len);
+    job.xt = xt_aligned;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run_fcn(isa, &job, (uint8_t *)keys.buf);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) { PyErr_NoMemory(); goto done; }
+    result = PyUnicode_FromString(ISA_NAMES[isa]);
+done:
+    free(xt_aligned);
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&xt);
+    return result;
+}
+
+/* standard(out, n_params, uniform, key0, key1, start, stop, isa): out (stop - start, n_params) float32. */
+static PyObject *py_standard(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer out;
+    int n, uniform;
+    unsigned int k0, k1;
+    long long start, stop;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "w*iiIILLs", &out, &n, &uniform, &k0, &k1, &start, &stop, &isa_name)) return NULL;
+    int isa = pick_isa(isa_name);
+    if (isa < 0 || stop < start || n < 1 || out.len != (Py_ssize_t)(stop - start) * n * 4) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "standard: unknown isa, or the buffer size does not match");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run_standard(isa, (float *)out.buf, n, uniform, k0, k1, start, stop);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out);
+    return PyUnicode_FromString(ISA_NAMES[isa]);
+}
+
+static PyMethodDef METHODS[] = {
+    {"fcn_keys", py_fcn_keys, METH_VARARGS, "Packed keys of draws [start, stop) of an FCN block."},
+    {"standard", py_standard, METH_VARARGS, "Standard numbers of draws [start, stop) of the random stream."},
+    {"isas", py_isas, METH_NOARGS, "Instruction sets this CPU runs, best first."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fused", "The fused FCN sampler kernel.", -1, METHODS};
+
+PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&MODULE); }
