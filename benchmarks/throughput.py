@@ -1,22 +1,36 @@
-"""Throughput of prior sampling, draws per second, against plain batched PyTorch.
+"""Throughput of prior sampling, draws per second per core, against an honest plain-PyTorch baseline.
 
-What is timed, for both sides, is a block of draws from parameters to counted functions:
+What is timed, for every side, is a block of draws from random parameters to counted
+functions (keys and their counts):
 
-* reference: plain batched PyTorch written here: ``torch.randn`` for all ``block_size``
-  parameter sets of the spec's FCN at once, ``matmul``/``bmm`` layer by layer, threshold,
-  ``numpy.packbits`` into keys and ``numpy.unique`` over the packed keys with counts;
-* volume: ``Sampler(spec).keys(b)`` (sub-batches drawn and evaluated in cache, see
-  volume/sampler.py) and ``FrequencyTable.from_keys`` over the block's keys.
+* ``baseline``: the best plain PyTorch sampler a competent engineer would write without
+  this project (class :class:`Baseline`): ``torch.set_num_threads(1)`` per core; sub-batches
+  of ``--sub`` (default 32) draws so that parameters and activations stay in cache;
+  activations laid out (draws, units, inputs) so that the first layer is one ``mm`` for the
+  whole sub-batch and later layers are ``bmm`` without transposes; ``torch.randn`` written
+  into preallocated buffers, weights scaled in place, ReLU in place; labels packed with
+  ``numpy.packbits`` and counted with ``numpy.unique`` over the keys viewed as one
+  fixed-width value each;
+* ``volume``: ``Sampler(spec).keys(b)`` with the default backend (the compiled kernel where
+  it is built; see volume/sampler.py) and ``FrequencyTable.from_keys``;
+* ``volume-torch``: the same with ``backend="torch"`` (the project's PyTorch path).
 
-Modes, side by side in one run: one core (one process, ``torch.set_num_threads(1)``), and all
-cores in two ways: one worker process per core (``ProcessPoolExecutor``, one torch thread
-each, blocks distributed) and one process with one torch intra-op thread per core. Each
-figure is the best of ``--repeats`` runs of ``--blocks`` blocks (best-of, because the
-machine may be shared); reference and volume runs alternate, so both see the same
-conditions. The script also reports the share of volume's one-core time spent in the
-random-number generator (drawing a block's standard parameters alone) and in counting.
+Cases (built here, so the script needs only the repository and, for the image cases, the
+MNIST test images): Boolean n = 5, 7, 9 with an n-40-40-1 ReLU network, sigma_w = 1,
+sigma_b = 0 (n = 7 is examples/boolean7.toml), and 100 and 1,000 MNIST test images with a
+784-40-40-1 network and the same prior. Modes: one core (this process, one torch thread),
+and ``--workers`` cores as one worker process per core (one torch thread each, blocks
+distributed). Each figure is the best of ``--repeats`` timed runs (best-of, because the
+machine may be shared; the sides alternate so they see the same conditions); the load
+average is printed with the results.
 
-Run: ``python benchmarks/throughput.py [--spec examples/boolean7.toml] [--blocks 8] [--repeats 3]``
+Run (about 3 minutes on 2 idle cores):
+
+    python benchmarks/throughput.py [--cases boolean5,boolean7,boolean9,mnist100,mnist1000]
+        [--repeats 3] [--workers 2] [--mnist DIR]
+
+``--mnist`` is the directory of t10k-images-idx3-ubyte(.gz) (default: ../shared/data/mnist
+beside the repository, else data/mnist); image cases are left out, with a note, without it.
 """
 
 from __future__ import annotations
@@ -35,52 +49,89 @@ from typing import Callable
 import numpy as np
 import torch
 
+from volume import fused
 from volume.inputs import load_inputs
-from volume.models import layer_shapes, stream_tensors
-from volume.sampler import BlockStream, Sampler
-from volume.spec import FCN, ExperimentSpec
+from volume.sampler import Sampler
+from volume.spec import FCN, BooleanCube, ExperimentSpec, ImageSubset, Prior
 from volume.table import FrequencyTable
 
 REPO = Path(__file__).resolve().parents[1]
+PRIOR = Prior(kind="gaussian", sigma_w=1.0, sigma_b=0.0)
+# case -> (block size, blocks per timed run)
+CASES = {"boolean5": (4096, 4), "boolean7": (4096, 4), "boolean9": (2048, 2), "mnist100": (1024, 2),
+         "mnist1000": (128, 1)}
 
 
-class Reference:
-    """Plain batched PyTorch sampler of an FCN spec with a threshold output (see module docstring)."""
+def case_spec(name: str, mnist: Path | None) -> ExperimentSpec:
+    block, _ = CASES[name]
+    if name.startswith("boolean"):
+        inputs = BooleanCube(n=int(name[len("boolean"):]))
+    else:
+        inputs = ImageSubset(dataset="mnist", path=str(mnist), split="test", count=int(name[len("mnist"):]),
+                             subset_seed=0, normalise="unit")
+    return ExperimentSpec(architecture=FCN(hidden=(40, 40)), prior=PRIOR, inputs=inputs, block_size=block, name=name)
 
-    def __init__(self, spec: ExperimentSpec):
+
+class Baseline:
+    """Plain PyTorch sampler of an FCN spec with a threshold output (see the module docstring)."""
+
+    def __init__(self, spec: ExperimentSpec, sub: int = 32):
         if not isinstance(spec.architecture, FCN) or spec.output.kind != "threshold":
-            raise SystemExit("the reference handles FCN specs with a threshold output")
-        self.spec = spec
-        self.x = torch.from_numpy(load_inputs(spec.inputs).flat)
-        self.widths = [self.x.shape[1], *spec.architecture.hidden, 1]
-        self.act = {"relu": torch.relu, "tanh": torch.tanh, "erf": torch.erf}[spec.architecture.activation]
+            raise SystemExit("the baseline handles FCN specs with a threshold output")
+        self.spec, self.sub = spec, sub
+        x = torch.from_numpy(load_inputs(spec.inputs).flat)
+        self.m = x.shape[0]
+        self.xt = x.t().contiguous()  # (d, M)
+        widths = [x.shape[1], *spec.architecture.hidden, 1]
+        self.shapes = list(zip(widths[1:], widths[:-1]))  # (out, in) per layer
+        self.w = [torch.empty(sub, o, i) for o, i in self.shapes]
+        self.b = [torch.empty(sub, o, 1) for o, _ in self.shapes]
+        self.h = [torch.empty(sub, o, self.m) for o, _ in self.shapes]
+        self.act_ = {"relu": torch.Tensor.relu_, "tanh": torch.Tensor.tanh_,
+                     "erf": torch.Tensor.erf_}[spec.architecture.activation]
+        self.gen = torch.Generator()
 
     def block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        spec, n = self.spec, self.spec.block_size
-        g = torch.Generator().manual_seed(1_000_003 * spec.seed + b)
-        h = self.x.expand(n, *self.x.shape)  # (B, M, d)
-        for i, (fan_in, out) in enumerate(zip(self.widths[:-1], self.widths[1:])):
-            w = torch.randn(n, out, fan_in, generator=g) * (spec.prior.sigma_w / math.sqrt(fan_in))
-            z = torch.bmm(h, w.transpose(1, 2)) if i else torch.matmul(self.x, w.transpose(1, 2))
-            if spec.prior.sigma_b > 0:
-                z = z + spec.prior.sigma_b * torch.randn(n, 1, out, generator=g)
-            h = z if i == len(self.widths) - 2 else self.act(z)
-        keys = np.packbits((h[..., 0] > 0).numpy(), axis=1, bitorder="big")
-        return np.unique(keys, axis=0, return_counts=True)
+        spec, sub, prior = self.spec, self.sub, self.spec.prior
+        self.gen.manual_seed(1_000_003 * spec.seed + b)
+        keys = np.empty((spec.block_size, (self.m + 7) // 8), dtype=np.uint8)
+        with torch.no_grad():
+            for start in range(0, spec.block_size, sub):
+                n = min(sub, spec.block_size - start)
+                h = None
+                for i, (o, fan_in) in enumerate(self.shapes):
+                    w, dst = self.w[i][:n], self.h[i][:n]
+                    torch.randn(w.shape, generator=self.gen, out=w)
+                    w.mul_(prior.sigma_w / math.sqrt(fan_in))
+                    if h is None:
+                        torch.mm(w.view(n * o, fan_in), self.xt, out=dst.view(n * o, self.m))
+                    else:
+                        torch.bmm(w, h, out=dst)
+                    if prior.sigma_b > 0:
+                        bias = self.b[i][:n]
+                        torch.randn(bias.shape, generator=self.gen, out=bias)
+                        dst.add_(bias, alpha=prior.sigma_b)
+                    if i < len(self.shapes) - 1:
+                        self.act_(dst)
+                    h = dst
+                keys[start:start + n] = np.packbits((h[:, 0, :] > 0).numpy(), axis=1, bitorder="big")
+        void = np.ascontiguousarray(keys).view(f"V{keys.shape[1]}").ravel()
+        return np.unique(void, return_counts=True)
 
 
 class Volume:
     """The project's path: sampler keys of a block, counted into a FrequencyTable."""
 
-    def __init__(self, spec: ExperimentSpec):
+    def __init__(self, spec: ExperimentSpec, backend: str = "auto"):
         self.spec = spec
-        self.sampler = Sampler(spec)
+        self.sampler = Sampler(spec, backend=backend)
 
     def block(self, b: int) -> FrequencyTable:
         return FrequencyTable.from_keys(self.spec, self.sampler.keys(b), [b])
 
 
-IMPLS = {"reference": Reference, "volume": Volume}
+IMPLS: dict[str, Callable[[ExperimentSpec], object]] = {
+    "baseline": Baseline, "volume": Volume, "volume-torch": lambda spec: Volume(spec, "torch")}
 _worker = None
 
 
@@ -106,83 +157,66 @@ def _best_rates(runs: dict[str, Callable[[], object]], n_draws: int, repeats: in
     return {kind: n_draws / t for kind, t in best.items()}
 
 
-def measure_in_process(spec: ExperimentSpec, threads: int, blocks: int, repeats: int) -> dict[str, float]:
-    torch.set_num_threads(threads)
-    impls = {kind: cls(spec) for kind, cls in IMPLS.items()}
+def one_core(spec: ExperimentSpec, kinds: list[str], blocks: int, repeats: int) -> dict[str, float]:
+    torch.set_num_threads(1)
+    impls = {kind: IMPLS[kind](spec) for kind in kinds}
     for impl in impls.values():
         impl.block(10_000)  # warm up (allocations, lazy initialisation)
     runs = {kind: (lambda impl=impl: [impl.block(b) for b in range(blocks)]) for kind, impl in impls.items()}
     return _best_rates(runs, blocks * spec.block_size, repeats)
 
 
-def measure_processes(spec: ExperimentSpec, workers: int, blocks: int, repeats: int) -> dict[str, float]:
+def processes(spec: ExperimentSpec, kinds: list[str], workers: int, blocks: int, repeats: int) -> dict[str, float]:
     ctx = get_context("spawn")
     with ExitStack() as stack:
         pools = {kind: stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                                                initargs=(kind, spec.to_json())))
-                 for kind in IMPLS}
+                 for kind in kinds}
         for pool in pools.values():  # start and warm up every worker
             list(pool.map(_run_block, range(10_000, 10_000 + 2 * workers)))
         runs = {kind: (lambda pool=pool: list(pool.map(_run_block, range(blocks)))) for kind, pool in pools.items()}
         return _best_rates(runs, blocks * spec.block_size, repeats)
 
 
-def generator_share(spec: ExperimentSpec, blocks: int, repeats: int) -> tuple[float, float]:
-    """One core: draws/s of the standard parameters alone (the block stream, in the sampler's
-    sub-batches), and of counting alone (FrequencyTable.from_keys of a block's keys)."""
-    torch.set_num_threads(1)
-    sampler = Sampler(spec)
-    layers = layer_shapes(spec, sampler.inputs.shape)
-    bufs = stream_tensors(spec, layers, sampler.sub_batch)
-
-    def draw_all():
-        for b in range(blocks):
-            stream = BlockStream(spec, layers, b)
-            for start in range(0, spec.block_size, sampler.sub_batch):
-                stream.fill(bufs, start, min(start + sampler.sub_batch, spec.block_size))
-
-    keys = [sampler.keys(b) for b in range(blocks)]
-    n = blocks * spec.block_size
-    rates = _best_rates({"gen": draw_all,
-                         "count": lambda: [FrequencyTable.from_keys(spec, k, [b]) for b, k in enumerate(keys)]},
-                        n, repeats)
-    return rates["gen"], rates["count"]
+def default_mnist() -> Path | None:
+    for p in (REPO.parent / "shared" / "data" / "mnist", REPO / "data" / "mnist"):
+        if any((p / f).is_file() for f in ("t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte")):
+            return p
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", default=str(REPO / "examples" / "boolean7.toml"))
-    ap.add_argument("--blocks", type=int, default=8, help="blocks per timed run")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per figure (best is kept)")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cores for the all-cores modes")
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, from " + ", ".join(CASES))
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per figure (the best is kept)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cores for the multi-core mode")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the blocks per timed run")
+    ap.add_argument("--no-torch-backend", action="store_true", help="leave out the volume-torch column")
+    ap.add_argument("--mnist", type=Path, default=None, help="directory of the MNIST test images")
     args = ap.parse_args(argv)
-    spec = ExperimentSpec.load(args.spec)
-    cores = args.workers
-    blocks_mp = max(cores, args.blocks - args.blocks % cores)
-    print(f"spec {args.spec} ({spec.spec_id}): {spec.architecture}, prior {spec.prior}, {spec.n_inputs} inputs, "
-          f"block_size {spec.block_size}")
+    mnist = args.mnist or default_mnist()
+    kinds = ["baseline", "volume"] + ([] if args.no_torch_backend else ["volume-torch"])
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"numpy {np.__version__}; best of {args.repeats} runs of {args.blocks} blocks")
-    rows = []
-    modes = [("1 core (1 process, 1 thread)", lambda: measure_in_process(spec, 1, args.blocks, args.repeats)),
-             (f"{cores} cores ({cores} processes x 1 thread)",
-              lambda: measure_processes(spec, cores, blocks_mp, args.repeats)),
-             (f"{cores} cores (1 process, {cores} threads)",
-              lambda: measure_in_process(spec, cores, blocks_mp, args.repeats))]
-    for name, fn in modes:
-        rates = fn()
-        rows.append((name, rates["reference"], rates["volume"]))
-    print(f"\n{'mode':38s} {'reference':>12s} {'volume':>12s} {'ratio':>7s}   (draws/s)")
-    for name, ref, vol in rows:
-        print(f"{name:38s} {ref:12,.0f} {vol:12,.0f} {vol / ref:7.2f}x")
-    gen, count = generator_share(spec, args.blocks, args.repeats)
-    one = rows[0][2]
-    print(f"\nvolume, 1 core: generator alone {gen:,.0f} draws/s ({one / gen:.0%} of the time), "
-          f"counting alone {count:,.0f} draws/s ({one / count:.1%} of the time)")
-    ref_distinct = len(Reference(spec).block(0)[0])
-    vol_distinct = Volume(spec).block(0).n_distinct
-    print(f"sanity: distinct functions in one block of {spec.block_size}: "
-          f"reference {ref_distinct}, volume {vol_distinct}")
+          f"numpy {np.__version__}; compiled kernel: {fused.isas()[0] if fused.available() else 'not built'}; "
+          f"best of {args.repeats}; load average at start {os.getloadavg()[0]:.1f}")
+    header = f"{'case':10s} {'mode':24s} " + " ".join(f"{k:>13s}" for k in kinds) + f" {'volume/baseline':>16s}"
+    print(header + "   (draws/s)")
+    for name in args.cases.split(","):
+        if name.startswith("mnist") and mnist is None:
+            print(f"{name:10s} left out: no MNIST test images found (give --mnist DIR)")
+            continue
+        spec = case_spec(name, mnist)
+        blocks = max(1, round(CASES[name][1] * args.scale))
+        modes = [("1 core", lambda: one_core(spec, kinds, blocks, args.repeats))]
+        if args.workers > 1:
+            nb = max(args.workers, blocks - blocks % args.workers) * 2
+            modes.append((f"{args.workers} processes x 1 thread",
+                          lambda nb=nb: processes(spec, kinds, args.workers, nb, args.repeats)))
+        for mode, fn in modes:
+            rates = fn()
+            print(f"{name:10s} {mode:24s} " + " ".join(f"{rates[k]:13,.0f}" for k in kinds)
+                  + f" {rates['volume'] / rates['baseline']:15.2f}x", flush=True)
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -30,11 +30,14 @@ typedef int32_t vi __attribute__((vector_size(VW * 4)));
 #if VW == 16
 #define VSQRT(x) ((vf)_mm512_sqrt_ps((__m512)(x)))
 #define SPLAT(x) ((vf)_mm512_set1_ps(x))
+#define RELU(x) ((vf)_mm512_max_ps((__m512)(x), _mm512_setzero_ps()))
 #elif VW == 8
 #define VSQRT(x) ((vf)_mm256_sqrt_ps((__m256)(x)))
 #define SPLAT(x) ((vf)_mm256_set1_ps(x))
+#define RELU(x) ((vf)_mm256_max_ps((__m256)(x), _mm256_setzero_ps()))
 #else
 #define SPLAT(x) ((x) - (vf){0}) /* x - 0 == x exactly, so the subtraction folds away */
+#define RELU(x) ((vf)((vi)(x) & ((x) > 0.0f)))
 INLINE vf vsqrt_lanes(vf x) {
     for (int l = 0; l < VW; l++) x[l] = sqrtf(x[l]);
     return x;
@@ -59,16 +62,17 @@ INLINE void mulhilo(vu a, uint32_t m, vu *hi, vu *lo) {
     *lo = a * m;
 }
 
-/* Philox4x32-10 of VW counters (c0 + lane, c1, 0, 0). */
-INLINE void philox(vu c0, uint32_t c1s, uint32_t k0, uint32_t k1, vu out[4]) {
+/* Philox4x32-10 of VW counters (c0 + lane, c1, 0, 0); rk0, rk1: the ten round keys
+ * (key + r W), the same for every counter of a block, so computed once per block. */
+INLINE void philox(vu c0, uint32_t c1s, const uint32_t *rk0, const uint32_t *rk1, vu out[4]) {
     vu c1 = (vu){0} + c1s, c2 = (vu){0}, c3 = (vu){0};
+#pragma GCC unroll 10
     for (int r = 0; r < 10; r++) {
         vu hi0, lo0, hi1, lo1;
         mulhilo(c0, 0xD2511F53u, &hi0, &lo0);
         mulhilo(c2, 0xCD9E8D57u, &hi1, &lo1);
-        vu n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+        vu n0 = hi1 ^ c1 ^ rk0[r], n2 = hi0 ^ c3 ^ rk1[r];
         c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
-        k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
     }
     out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
 }
@@ -143,12 +147,17 @@ INLINE void store_interleaved(float *out, vf v0, vf v1, vf v2, vf v3) {
 
 /* The standard numbers of draw `draw` into out[0 .. 4 * VW * ceil(P / (4 VW))) (aligned). */
 static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
+    uint32_t rk0[10], rk1[10];
+    for (int r = 0; r < 10; r++) {
+        rk0[r] = key0 + (uint32_t)r * 0x9E3779B9u;
+        rk1[r] = key1 + (uint32_t)r * 0xBB67AE85u;
+    }
     vu lane;
     for (int l = 0; l < VW; l++) lane[l] = (uint32_t)l;
     int groups = (n_params + 3) / 4;
     for (int g = 0; g < groups; g += VW) {
         vu x[4];
-        philox(lane + (uint32_t)g, draw, key0, key1, x);
+        philox(lane + (uint32_t)g, draw, rk0, rk1, x);
         vf z[4];
         if (uniform) {
             for (int j = 0; j < 4; j++) {
@@ -206,11 +215,10 @@ INLINE void micro(const int R, const int NC, const float *restrict w, int K, con
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
-        float bb = bias ? bias[r] : 0.0f;
 #pragma GCC unroll 8
         for (int c = 0; c < NC; c++) {
-            vf v = acc[r][c] + bb;
-            if (act_relu) v = (vf)((vi)v & (v > 0.0f));
+            vf v = bias ? acc[r][c] + bias[r] : acc[r][c];
+            if (act_relu) v = RELU(v);
             ((vf *)(C + (size_t)r * ldc))[c] = v;
         }
     }
@@ -222,6 +230,61 @@ static void layer(const float *W, int O, int K, const float *bias, const float *
                   int relu) {
     int r = 0;
 #define BLOCK(R, NC) micro(R, NC, W + (size_t)r * K, K, bias ? bias + r : 0, B + c * VW, ldb, C + (size_t)r * ldc + c * VW, ldc, relu)
+    for (; r + RB <= O; r += RB) {
+        int c = 0;
+        for (; c + CB <= nv; c += CB) BLOCK(RB, CB);
+        for (; c < nv; c++) BLOCK(RB, 1);
+    }
+    for (; r < O; r++) {
+        int c = 0;
+        for (; c + CB <= nv; c += CB) BLOCK(1, CB);
+        for (; c < nv; c++) BLOCK(1, 1);
+    }
+#undef BLOCK
+}
+
+/* As micro, for the last hidden layer of a one-output network: instead of storing the
+ * activations, add w_out[r] * act(...) of each row into the output z (NC vectors at Z). */
+INLINE void micro_out(const int R, const int NC, const float *restrict w, int K, const float *restrict bias,
+                      const float *restrict B, int ldb, float *restrict Z, const float *restrict wout) {
+    vf acc[RB][CB];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) acc[r][c] = (vf){0};
+    for (int k = 0; k < K; k++) {
+        vf bv[CB];
+        const vf *brow = (const vf *)(B + (size_t)k * ldb);
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) bv[c] = brow[c];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            vf wv = SPLAT(w[(size_t)r * K + k]);
+#pragma GCC unroll 8
+            for (int c = 0; c < NC; c++) acc[r][c] += wv * bv[c];
+        }
+    }
+    vf z[CB];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; c++) z[c] = ((vf *)Z)[c];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        vf wo = SPLAT(wout[r]);
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) {
+            vf v = RELU(bias ? acc[r][c] + bias[r] : acc[r][c]);
+            z[c] += wo * v;
+        }
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; c++) ((vf *)Z)[c] = z[c];
+}
+
+/* z (nv vectors at Z) += w_out . relu(W B + bias): the last hidden layer and the output unit fused. */
+static void layer_out(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv, float *Z,
+                      const float *wout) {
+    int r = 0;
+#define BLOCK(R, NC) micro_out(R, NC, W + (size_t)r * K, K, bias ? bias + r : 0, B + c * VW, ldb, Z + c * VW, wout + r)
     for (; r + RB <= O; r += RB) {
         int c = 0;
         for (; c + CB <= nv; c += CB) BLOCK(RB, CB);
@@ -264,6 +327,7 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
         return -1;
     }
     const int units = job->dims[L], bits = job->bits_per_label;
+    const int fuse_out = !job->argmax && units == 1 && L >= 2;
     for (int64_t i = job->start; i < job->stop; i++) {
         draw_standard(params, n_params, job->uniform, job->key0, job->key1, (uint32_t)i);
         float *p = params;
@@ -288,6 +352,12 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 int K = job->dims[l], O = job->dims[l + 1];
                 float *W = p, *b = job->biased ? p + (size_t)O * K : 0;
                 p += (size_t)O * K + (job->biased ? O : 0);
+                if (fuse_out && l == L - 2) { /* p: the output unit's weights, then its bias */
+                    float z0 = job->biased ? p[O] : 0.0f;
+                    for (int j = 0; j < nv * VW; j++) res[c0 + j] = z0;
+                    layer_out(W, O, K, b, in, ld_in, nv, res + c0, p);
+                    break;
+                }
                 float *dst = l == L - 1 ? res + c0 : out;
                 int ld_out = l == L - 1 ? Mp : CHUNK;
                 layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1);
