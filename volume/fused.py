@@ -88,10 +88,10 @@ class FusedFCN:
         self.spec = spec
         prior = spec.prior
         self.m = x.shape[0]
+        x = np.asarray(x, dtype=np.float32).reshape(self.m, -1)
         mp = -(-self.m // 16) * 16
-        xt = np.zeros((x.shape[1], mp), dtype=np.float32)
-        xt[:, :self.m] = np.asarray(x, dtype=np.float32).reshape(self.m, -1).T
-        self.xt = xt
+        self.xt = np.zeros((x.shape[1], mp), dtype=np.float32)  # inputs along the vector lanes, padded
+        self.xt[:, :self.m] = x.T
         self.dims = [x.shape[1]] + [layer.weight_shape[0] for layer in layers]
         homogeneous = spec.architecture.activation == "relu" and prior.sigma_b == 0
         self.scales = [0.0 if homogeneous else prior.sigma_w / math.sqrt(layer.fan_in) for layer in layers]

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from volume import fused
+from volume.errors import VolumeError
 from volume.basis import basis_layers, uses_basis
 from volume.inputs import InputSet, load_inputs
 from volume.keys import pack_labels, unpack_keys
@@ -60,6 +61,10 @@ STREAM_ENV = "VOLUME_STREAM"
 
 _ACT_ = {"relu": torch.Tensor.relu_, "tanh": torch.Tensor.tanh_, "erf": torch.Tensor.erf_}
 _NOTICE_GIVEN = False
+
+
+class BackendError(VolumeError, ValueError):
+    """A backend that cannot draw the spec here (the CLI prints it as one line)."""
 
 
 def stream_sizes(spec: ExperimentSpec, layers: list[Layer]) -> list[tuple[int, ...]]:
@@ -96,7 +101,7 @@ def block_standard(spec: ExperimentSpec, layers: list[Layer], block: int, start:
 def resolve_backend(backend: str | None) -> str:
     backend = os.environ.get(BACKEND_ENV, "auto") if backend is None else backend
     if backend not in BACKENDS:
-        raise ValueError(f"backend = {backend!r} is invalid: choose one of {', '.join(BACKENDS)} "
+        raise BackendError(f"backend = {backend!r} is invalid: choose one of {', '.join(BACKENDS)} "
                          f"(argument backend= or the environment variable {BACKEND_ENV})")
     return backend
 
@@ -184,11 +189,13 @@ class Sampler:
     FCN dense path of the torch backend (default: for every FCN); ``dense=False`` forces the
     general path. ``backend``: 'auto' | 'compiled' | 'torch' (see the module docstring);
     ``isa``: the compiled kernel's instruction set ('auto' | 'avx512' | 'avx2' | 'generic').
+    ``basis=False`` draws the first layer in full even where the input basis applies (other
+    draws, the same distribution; for tests and comparisons).
     """
 
     def __init__(self, spec: ExperimentSpec, inputs: InputSet | None = None, *,
                  sub_batch: int | None = None, device: str = "cpu", dense: bool | None = None,
-                 backend: str | None = None, isa: str = "auto"):
+                 backend: str | None = None, isa: str = "auto", basis: bool | None = None):
         global _NOTICE_GIVEN
         if spec.training is not None:
             raise ValueError("this spec describes optimizer-found functions (spec.training); use volume.train")
@@ -201,7 +208,7 @@ class Sampler:
         self.inputs = inputs if inputs is not None else load_inputs(spec.inputs)
         self.layers = layer_shapes(spec, self.inputs.shape)
         x = self.inputs.x
-        self.basis = uses_basis(spec)
+        self.basis = uses_basis(spec) if basis is None else bool(basis) and uses_basis(spec)
         if self.basis:
             self.layers, x = basis_layers(self.layers, x)
             self.basis = x is not self.inputs.x
@@ -217,7 +224,7 @@ class Sampler:
         assert isinstance(spec.architecture, (FCN, CNN))
         why = fused.unsupported(spec, device) or fused.notice()
         if backend == "compiled" and why:
-            raise ValueError(f"backend 'compiled' cannot draw this spec: {why}")
+            raise BackendError(f"backend 'compiled' cannot draw this spec: {why}; use --backend torch or auto")
         if backend == "auto" and dense is not False and not why:
             backend = "compiled"
         elif backend == "auto":

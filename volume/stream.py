@@ -99,17 +99,23 @@ def block_words(n_params: int, key: tuple[int, int], start: int, stop: int,
 
 def standard_from_words(words: torch.Tensor, kind: str, n_params: int, dtype: torch.dtype) -> torch.Tensor:
     """Words (n, 4G) -> standard numbers (n, P) of ``kind`` ('gaussian' | 'uniform'), see the
-    module docstring. u and t are exact in float32; ln, sqrt, cos and sin are torch's in
-    float32 (float64 when ``dtype`` is float64)."""
+    module docstring. u is exact in float32; the angle 2 pi t is reduced exactly to a quadrant
+    n = round(4 t) and a remainder in [-pi/4, pi/4] (as in the compiled kernel), so that
+    float32 cos and sin stay within a few ulp; float64 throughout when ``dtype`` is float64."""
     ct = torch.float64 if dtype == torch.float64 else torch.float32
-    k = (words >> 8).to(ct)
+    k = words >> 8
     if kind == "uniform":
-        z = (2.0 * k + (1.0 - 2.0 ** 24)).mul_(math.sqrt(3.0) * 2.0 ** -24)
+        z = (2.0 * k.to(ct) + (1.0 - 2.0 ** 24)).mul_(math.sqrt(3.0) * 2.0 ** -24)
     else:
         k = k.view(k.shape[0], -1, 2)
-        r = torch.log((k[..., 0] + 1.0).mul_(2.0 ** -24)).mul_(-2.0).sqrt_()
-        theta = k[..., 1].mul(2.0 * math.pi * 2.0 ** -24)
-        z = torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=-1).view(words.shape[0], -1)
+        r = torch.log((k[..., 0].to(ct) + 1.0).mul_(2.0 ** -24)).mul_(-2.0).sqrt_()
+        quadrant = (k[..., 1] + (1 << 21)) >> 22
+        a = (k[..., 1] - (quadrant << 22)).to(ct).mul_(math.pi / 2 * 2.0 ** -22)
+        c, s = torch.cos(a), torch.sin(a)
+        swap = (quadrant & 1).bool()
+        cos = torch.where(swap, s, c).mul_(1.0 - ((quadrant + 1) & 2).to(ct))
+        sin = torch.where(swap, c, s).mul_(1.0 - (quadrant & 2).to(ct))
+        z = torch.stack([r * cos, r * sin], dim=-1).view(words.shape[0], -1)
     return z[:, :n_params].to(dtype)
 
 

@@ -10,6 +10,7 @@ Either way the table depends only on the spec and N: rerunning resumes a stopped
 from __future__ import annotations
 
 import argparse
+import os
 
 from volume.runner import missing_blocks, open_table, progress_bar, run_local, table_lock
 from volume.spec import ExperimentSpec
@@ -35,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "block; same table either way")
     p.add_argument("--sub-batch", type=int, default=None, help="draws per forward pass (memory/speed only; never changes results)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--backend", choices=("auto", "compiled", "torch"), default=None,
+                   help="auto (default): the compiled kernel where it applies and is built, else PyTorch; compiled; "
+                        "torch (the reference path). Same draws either way; labels agree except within float32 "
+                        "rounding of a decision boundary. Sets VOLUME_BACKEND for the workers")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0, help="save counted blocks at least this often")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -47,6 +52,8 @@ def target_draws(spec: ExperimentSpec, args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backend is not None:  # read by every Sampler, in this process and in the workers it starts
+        os.environ["VOLUME_BACKEND"] = args.backend
     spec = ExperimentSpec.load(args.spec)
     n = target_draws(spec, args)
     table = open_table(spec, args.output)

@@ -1,0 +1,158 @@
+"""Random stream 2 and the compiled kernel against the float64 reference (tests/stream_reference.py).
+
+* Philox4x32-10 reproduces the published known-answer vectors (Random123's kat_vectors), and
+  volume.stream's words (numpy on the CPU, torch int64 on any device) equal the reference's;
+* the kernel's standard numbers (every instruction set this CPU runs) equal the reference's to
+  float32 rounding;
+* the kernel's keys equal the float64 reference's labels except where an output is within
+  1e-4 of its scale from the decision boundary (the documented rounding boundary), and such
+  draws are rare; the compiled and torch backends agree the same way draw for draw;
+* without the extension the sampler falls back to PyTorch with a one-line notice.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import stream_reference as ref
+from volume import fused
+from volume import sampler as sampler_mod
+from volume.inputs import load_inputs
+from volume.keys import unpack_keys
+from volume.sampler import BackendError, Sampler
+from volume.spec import FCN, BooleanCube, ExperimentSpec, ImageSubset, Output, Prior
+from volume.stream import block_key, block_words, philox4x32, standard_draws
+
+KAT = [  # (counter, key, output) of Philox4x32-10, Random123 1.09 kat_vectors
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+ISAS = fused.isas()
+needs_kernel = pytest.mark.skipif(not fused.available(), reason=fused.notice() or "compiled kernel built")
+
+
+def test_compiled_extension_is_built():
+    """A fresh install builds the kernel (set VOLUME_ALLOW_NO_COMPILER=1 on a machine without one)."""
+    if os.environ.get("VOLUME_ALLOW_NO_COMPILER"):
+        return
+    assert fused.available(), fused.notice()
+    assert "generic" in ISAS
+
+
+@pytest.mark.parametrize("counter,key,out", KAT)
+def test_philox_known_answers(counter, key, out):
+    assert tuple(int(w[0]) for w in ref.philox([[c] for c in counter], key)) == out
+    words = philox4x32([torch.tensor([c], dtype=torch.int64) for c in counter], key)
+    assert tuple(int(w) for w in words) == out
+
+
+def test_stream_words_equal_the_reference():
+    key = block_key(3, 5)
+    q = np.tile(np.arange(7, dtype=np.uint64), 6)
+    i = np.repeat(np.arange(10, 16, dtype=np.uint64), 7)
+    want = np.stack(ref.philox([q, i, 0 * q, 0 * q], key), axis=-1).reshape(6, 28)
+    assert np.array_equal(block_words(27, key, 10, 16).numpy().astype(np.uint64), want)  # numpy path
+    t = [torch.from_numpy(a.astype(np.int64)) for a in (q, i, 0 * q, 0 * q)]
+    got = torch.stack(philox4x32(t, key), dim=-1).reshape(6, 28)  # the torch path (GPUs)
+    assert np.array_equal(got.numpy().astype(np.uint64), want)
+    assert ref.key_of(3, 5) == key
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "uniform"])
+def test_standard_numbers_equal_the_reference(kind):
+    want = ref.standard(kind, 1001, 2, 7, range(3, 40))
+    got = standard_draws(kind, 1001, block_key(2, 7), 3, 40, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    got32 = standard_draws(kind, 1001, block_key(2, 7), 3, 40).numpy()
+    assert np.all(np.abs(got32 - want) <= 1e-6 * np.maximum(1, np.abs(want)))
+    for isa in ISAS:
+        k = fused.standard(kind, 1001, block_key(2, 7), 3, 40, isa)
+        assert np.all(np.abs(k - want) <= 1e-6 * np.maximum(1, np.abs(want))), isa
+    if kind == "gaussian":  # the stream is N(0, 1): moments of 37k numbers within 5 standard errors
+        assert abs(want.mean()) < 5 / np.sqrt(want.size) and abs(want.var() - 1) < 5 * np.sqrt(2 / want.size)
+    else:
+        assert np.abs(want).max() < np.sqrt(3) and abs(want.var() - 1) < 5 * np.sqrt(0.8 / want.size)
+
+
+def _specs(mnist_dir):
+    return {
+        "boolean7": ExperimentSpec(architecture=FCN(hidden=(40, 40)), inputs=BooleanCube(n=7), block_size=300, seed=4),
+        "bias-uniform-pm1": ExperimentSpec(architecture=FCN(hidden=(13, 9)), inputs=BooleanCube(n=5, encoding="pm1"),
+                                           prior=Prior(kind="uniform", sigma_w=1.3, sigma_b=0.7), block_size=200),
+        "argmax": ExperimentSpec(architecture=FCN(hidden=(11,)), inputs=BooleanCube(n=4), prior=Prior(sigma_b=0.4),
+                                 output=Output(kind="argmax", classes=3), block_size=200),
+        "mnist-basis": ExperimentSpec(architecture=FCN(hidden=(17, 6)), prior=Prior(sigma_w=1.2, sigma_b=0.2),
+                                      inputs=ImageSubset(dataset="mnist", path=str(mnist_dir), count=37),
+                                      block_size=100, seed=2),
+    }
+
+
+def _margins(spec, z):
+    if spec.output.kind == "threshold":
+        return (z[..., 0] > 0).astype(np.uint8), np.abs(z[..., 0])
+    top = np.sort(z, axis=-1)
+    return z.argmax(-1).astype(np.uint8), top[..., -1] - top[..., -2]
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", ["boolean7", "bias-uniform-pm1", "argmax", "mnist-basis"])
+def test_compiled_keys_equal_the_float64_reference_except_at_the_boundary(name, mnist_dir):
+    spec = _specs(mnist_dir)[name]
+    inputs = load_inputs(spec.inputs)
+    s = Sampler(spec, inputs, backend="compiled")
+    assert s.basis == (name == "mnist-basis")
+    z = ref.fcn_outputs(spec, inputs.x, 1, range(spec.block_size), in_basis=s.basis)
+    want, margin = _margins(spec, z)
+    clear = margin > 1e-4 * np.std(z)
+    assert clear.mean() > 0.99  # (input 0 of the 01 cube has output exactly 0 when sigma_b = 0)
+    for isa in ISAS:
+        s = Sampler(spec, inputs, backend="compiled", isa=isa)
+        got = unpack_keys(s.keys(1), spec.n_inputs, spec.output.classes)
+        np.testing.assert_array_equal(got[clear], want[clear], err_msg=isa)
+        assert (got != want).mean() < 1e-3, isa
+    assert len(np.unique(want, axis=0)) > 1
+
+
+@needs_kernel
+def test_compiled_and_torch_backends_agree_draw_for_draw():
+    """Same draws, same keys, except where the float64 output is within rounding of 0."""
+    spec = ExperimentSpec(architecture=FCN(hidden=(40, 40)), inputs=BooleanCube(n=7, encoding="pm1"),
+                          prior=Prior(sigma_b=0.3), block_size=1000, seed=9)
+    a = Sampler(spec, backend="compiled").keys(2)
+    b = Sampler(spec, backend="torch").keys(2)
+    differ = np.flatnonzero((a != b).any(axis=1))
+    assert len(differ) <= 5
+    if len(differ):
+        inputs = load_inputs(spec.inputs)
+        z = ref.fcn_outputs(spec, inputs.x, 2, [int(i) for i in differ])[..., 0]
+        la, lb = (unpack_keys(k[differ], spec.n_inputs) for k in (a, b))
+        assert np.all(np.abs(z[la != lb]) < 1e-4 * np.abs(z).std())
+
+
+def test_without_the_extension_the_torch_path_is_used_with_a_notice(monkeypatch, capsys):
+    monkeypatch.setattr(fused, "_fused", None)
+    monkeypatch.setattr(fused, "_IMPORT_ERROR", "No module named 'volume._fused'")
+    monkeypatch.setattr(sampler_mod, "_NOTICE_GIVEN", False)
+    monkeypatch.delenv("VOLUME_BACKEND", raising=False)
+    spec = ExperimentSpec(architecture=FCN(hidden=(5,)), inputs=BooleanCube(n=3), block_size=64)
+    s = Sampler(spec)
+    assert s.backend == "torch" and s.keys(0).shape == (64, 1)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "PyTorch sampler is used" in err
+    with pytest.raises(BackendError, match="not built"):
+        Sampler(spec, backend="compiled")
+
+
+def test_backend_errors_name_the_fix(monkeypatch):
+    spec = ExperimentSpec(architecture=FCN(hidden=(5,), activation="tanh"), inputs=BooleanCube(n=3), block_size=8)
+    with pytest.raises(BackendError, match="relu"):
+        Sampler(spec, backend="compiled")
+    monkeypatch.setenv("VOLUME_BACKEND", "fast")
+    with pytest.raises(BackendError, match="VOLUME_BACKEND"):
+        Sampler(spec)
