@@ -27,7 +27,11 @@ average is printed with the results.
 Run (about 3 minutes on 2 idle cores):
 
     python benchmarks/throughput.py [--cases boolean5,boolean7,boolean9,mnist100,mnist1000]
-        [--repeats 3] [--workers 2] [--mnist DIR]
+        [--repeats 3] [--workers 2] [--mnist DIR] [--cpu-time]
+
+On a machine shared with other jobs, ``--cpu-time`` gives per-core figures for the one-core
+mode (CPU seconds of this process, not wall seconds; still slowed by caches shared with the
+other jobs); the multi-core mode is then not meaningful.
 
 ``--mnist`` is the directory of t10k-images-idx3-ubyte(.gz) (default: ../shared/data/mnist
 beside the repository, else data/mnist); image cases are left out, with a note, without it.
@@ -146,14 +150,18 @@ def _run_block(b: int) -> int:
     return 1
 
 
-def _best_rates(runs: dict[str, Callable[[], object]], n_draws: int, repeats: int) -> dict[str, float]:
+CLOCK = time.perf_counter  # --cpu-time: time.process_time (one-core mode only)
+
+
+def _best_rates(runs: dict[str, Callable[[], object]], n_draws: int, repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Draws/s of each run, best of ``repeats``; the runs alternate so they share conditions."""
     best = dict.fromkeys(runs, math.inf)
     for _ in range(repeats):
         for kind, fn in runs.items():
-            t = time.perf_counter()
+            t = clock()
             fn()
-            best[kind] = min(best[kind], time.perf_counter() - t)
+            best[kind] = min(best[kind], clock() - t)
     return {kind: n_draws / t for kind, t in best.items()}
 
 
@@ -163,7 +171,7 @@ def one_core(spec: ExperimentSpec, kinds: list[str], blocks: int, repeats: int) 
     for impl in impls.values():
         impl.block(10_000)  # warm up (allocations, lazy initialisation)
     runs = {kind: (lambda impl=impl: [impl.block(b) for b in range(blocks)]) for kind, impl in impls.items()}
-    return _best_rates(runs, blocks * spec.block_size, repeats)
+    return _best_rates(runs, blocks * spec.block_size, repeats, CLOCK)
 
 
 def processes(spec: ExperimentSpec, kinds: list[str], workers: int, blocks: int, repeats: int) -> dict[str, float]:
@@ -193,12 +201,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the blocks per timed run")
     ap.add_argument("--no-torch-backend", action="store_true", help="leave out the volume-torch column")
     ap.add_argument("--mnist", type=Path, default=None, help="directory of the MNIST test images")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="one-core mode: time by this process's CPU time instead of the wall clock (per-core "
+                         "figures on a machine shared with other jobs; the multi-core mode always uses the wall clock)")
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
     mnist = args.mnist or default_mnist()
     kinds = ["baseline", "volume"] + ([] if args.no_torch_backend else ["volume-torch"])
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"numpy {np.__version__}; compiled kernel: {fused.isas()[0] if fused.available() else 'not built'}; "
-          f"best of {args.repeats}; load average at start {os.getloadavg()[0]:.1f}")
+          f"best of {args.repeats}; one-core clock: {'CPU time' if args.cpu_time else 'wall'}; "
+          f"load average at start {os.getloadavg()[0]:.1f}")
     header = f"{'case':10s} {'mode':24s} " + " ".join(f"{k:>13s}" for k in kinds) + f" {'volume/baseline':>16s}"
     print(header + "   (draws/s)")
     for name in args.cases.split(","):
