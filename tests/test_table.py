@@ -94,3 +94,19 @@ def test_kclass_table():
     t = FrequencyTable.from_labels(spec, labels, [0])
     assert t.n_distinct == 9 and set(t.counts.tolist()) == {3}
     assert t.lookup(["21", "00"]).tolist() == [3, 3]
+
+
+def test_merge_counted_equals_counting_the_union():
+    """The linear merge used to fold blocks into a large table equals a full recount."""
+    from volume.table import count_keys, merge_counted
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 4, (3000, 3), dtype=np.uint8)  # many repeats within and across the two sets
+    b = np.concatenate([rng.integers(0, 4, (500, 3), dtype=np.uint8), np.full((2, 3), 255, np.uint8)])
+    ka, ca = count_keys(a)
+    kb, cb = count_keys(b)
+    k, c = merge_counted(ka, ca, kb, cb)
+    k2, c2 = count_keys(np.concatenate([a, b]))
+    assert np.array_equal(k, k2) and np.array_equal(c, c2) and c.dtype == np.uint64
+    k0, c0 = merge_counted(ka[:0], ca[:0], kb, cb)
+    assert np.array_equal(k0, kb) and np.array_equal(c0, cb)

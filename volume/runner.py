@@ -68,12 +68,18 @@ def missing_blocks(table: FrequencyTable, spec: ExperimentSpec, n_draws: int) ->
 
 class BlockAccumulator:
     """Collects counted blocks and folds them into the table, saving atomically at most
-    every ``checkpoint_seconds`` (and at ``flush``). Blocks already in the table are refused."""
+    every ``checkpoint_seconds`` (and at ``flush``). Blocks already in the table are refused.
+    A checkpoint of a large table (tens of millions of functions) takes seconds to merge and
+    save, so the interval grows to ``SAVE_DUTY`` times the last checkpoint's duration: the
+    process folding blocks spends at most about 1/SAVE_DUTY of its time on checkpoints."""
+
+    SAVE_DUTY = 10
 
     def __init__(self, table: FrequencyTable, path: str | Path | None, checkpoint_seconds: float = 30.0):
         self.table = table
         self.path = path
         self.checkpoint_seconds = checkpoint_seconds
+        self._interval = checkpoint_seconds
         self._pending: list[FrequencyTable] = []
         self._last = time.monotonic()
 
@@ -83,16 +89,18 @@ class BlockAccumulator:
     def add_table(self, counted: FrequencyTable) -> None:
         """Fold a table of already counted blocks (e.g. one a Ray worker counted)."""
         self._pending.append(counted)
-        if time.monotonic() - self._last >= self.checkpoint_seconds:
+        if time.monotonic() - self._last >= self._interval:
             self.flush()
 
     def flush(self) -> FrequencyTable:
+        start = time.monotonic()
         if self._pending:
             self.table = FrequencyTable.merge_all([self.table, *self._pending])
             self._pending = []
         if self.path is not None:
             self.table.save(self.path)
         self._last = time.monotonic()
+        self._interval = max(self.checkpoint_seconds, self.SAVE_DUTY * (self._last - start))
         return self.table
 
 
