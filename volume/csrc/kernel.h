@@ -193,10 +193,10 @@ static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, 
 #define CB 2
 #endif
 
-/* C[r0 .. r0+R) x [vectors c0 .. c0+NC) = act(W B + bias) for one block. */
-INLINE void micro(const int R, const int NC, const float *restrict w, int K, const float *restrict bias,
-                  const float *restrict B, int ldb, float *restrict C, int ldc, int act_relu) {
-    vf acc[RB][CB];
+/* acc (R rows x NC vectors) = W B for one block: per k, NC vectors of row k of B are loaded
+ * once and each of the R weights W[r][k] is broadcast against them (R x NC FMAs). */
+INLINE void accumulate(const int R, const int NC, const float *restrict w, int K, const float *restrict B, int ldb,
+                       vf acc[RB][CB]) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
@@ -213,6 +213,13 @@ INLINE void micro(const int R, const int NC, const float *restrict w, int K, con
             for (int c = 0; c < NC; c++) acc[r][c] += wv * bv[c];
         }
     }
+}
+
+/* C[r0 .. r0+R) x [vectors c0 .. c0+NC) = act(W B + bias) for one block. */
+INLINE void micro(const int R, const int NC, const float *restrict w, int K, const float *restrict bias,
+                  const float *restrict B, int ldb, float *restrict C, int ldc, int act_relu) {
+    vf acc[RB][CB];
+    accumulate(R, NC, w, K, B, ldb, acc);
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
 #pragma GCC unroll 8
@@ -224,46 +231,12 @@ INLINE void micro(const int R, const int NC, const float *restrict w, int K, con
     }
 }
 
-/* C (O x nv vectors, row stride ldc) = act(W (O x K) B (K x nv vectors, row stride ldb) + bias):
- * blocks of RB rows x CB vectors, then the edges. */
-static void layer(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv, float *C, int ldc,
-                  int relu) {
-    int r = 0;
-#define BLOCK(R, NC) micro(R, NC, W + (size_t)r * K, K, bias ? bias + r : 0, B + c * VW, ldb, C + (size_t)r * ldc + c * VW, ldc, relu)
-    for (; r + RB <= O; r += RB) {
-        int c = 0;
-        for (; c + CB <= nv; c += CB) BLOCK(RB, CB);
-        for (; c < nv; c++) BLOCK(RB, 1);
-    }
-    for (; r < O; r++) {
-        int c = 0;
-        for (; c + CB <= nv; c += CB) BLOCK(1, CB);
-        for (; c < nv; c++) BLOCK(1, 1);
-    }
-#undef BLOCK
-}
-
 /* As micro, for the last hidden layer of a one-output network: instead of storing the
  * activations, add w_out[r] * act(...) of each row into the output z (NC vectors at Z). */
 INLINE void micro_out(const int R, const int NC, const float *restrict w, int K, const float *restrict bias,
                       const float *restrict B, int ldb, float *restrict Z, const float *restrict wout) {
     vf acc[RB][CB];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 8
-        for (int c = 0; c < NC; c++) acc[r][c] = (vf){0};
-    for (int k = 0; k < K; k++) {
-        vf bv[CB];
-        const vf *brow = (const vf *)(B + (size_t)k * ldb);
-#pragma GCC unroll 8
-        for (int c = 0; c < NC; c++) bv[c] = brow[c];
-#pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            vf wv = SPLAT(w[(size_t)r * K + k]);
-#pragma GCC unroll 8
-            for (int c = 0; c < NC; c++) acc[r][c] += wv * bv[c];
-        }
-    }
+    accumulate(R, NC, w, K, B, ldb, acc);
     vf z[CB];
 #pragma GCC unroll 8
     for (int c = 0; c < NC; c++) z[c] = ((vf *)Z)[c];
@@ -280,11 +253,18 @@ INLINE void micro_out(const int R, const int NC, const float *restrict w, int K,
     for (int c = 0; c < NC; c++) ((vf *)Z)[c] = z[c];
 }
 
-/* z (nv vectors at Z) += w_out . relu(W B + bias): the last hidden layer and the output unit fused. */
-static void layer_out(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv, float *Z,
-                      const float *wout) {
+/* C (O x nv vectors, row stride ldc) = act(W (O x K) B (K x nv vectors, row stride ldb) + bias),
+ * or, with Z given (the last hidden layer of a one-output network, ReLU), Z (nv vectors) +=
+ * w_out . relu(W B + bias) without storing C: blocks of RB rows x CB vectors, then the edges. */
+static void layer(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv, float *C, int ldc,
+                  int relu, float *Z, const float *wout) {
     int r = 0;
-#define BLOCK(R, NC) micro_out(R, NC, W + (size_t)r * K, K, bias ? bias + r : 0, B + c * VW, ldb, Z + c * VW, wout + r)
+#define BLOCK(R, NC)                                                                                              \
+    do {                                                                                                          \
+        const float *w_ = W + (size_t)r * K, *b_ = bias ? bias + r : 0, *B_ = B + c * VW;                       \
+        if (Z) micro_out(R, NC, w_, K, b_, B_, ldb, Z + c * VW, wout + r);                                      \
+        else micro(R, NC, w_, K, b_, B_, ldb, C + (size_t)r * ldc + c * VW, ldc, relu);                         \
+    } while (0)
     for (; r + RB <= O; r += RB) {
         int c = 0;
         for (; c + CB <= nv; c += CB) BLOCK(RB, CB);
@@ -355,12 +335,12 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 if (fuse_out && l == L - 2) { /* p: the output unit's weights, then its bias */
                     float z0 = job->biased ? p[O] : 0.0f;
                     for (int j = 0; j < nv * VW; j++) res[c0 + j] = z0;
-                    layer_out(W, O, K, b, in, ld_in, nv, res + c0, p);
+                    layer(W, O, K, b, in, ld_in, nv, 0, 0, 1, res + c0, p);
                     break;
                 }
                 float *dst = l == L - 1 ? res + c0 : out;
                 int ld_out = l == L - 1 ? Mp : CHUNK;
-                layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1);
+                layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1, 0, 0);
                 in = out;
                 ld_in = CHUNK;
                 out = out == h0 ? h1 : h0;

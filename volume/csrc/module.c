@@ -74,22 +74,17 @@ static PyObject *py_isas(PyObject *self, PyObject *args) {
     return Py_BuildValue("[s]", "generic");
 }
 
-static int parse_ints(PyObject *seq, int *out, int max, const char *what) {
+/* Copy a sequence of at most max numbers into out (int or float); -1 with an exception on error. */
+static int parse_numbers(PyObject *seq, void *out, int max, int as_float, const char *what) {
     PyObject *fast = PySequence_Fast(seq, what);
     if (!fast) return -1;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     if (n > max) { Py_DECREF(fast); PyErr_Format(PyExc_ValueError, "%s: at most %d entries", what, max); return -1; }
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = (int)PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
-    Py_DECREF(fast);
-    return PyErr_Occurred() ? -1 : (int)n;
-}
-
-static int parse_floats(PyObject *seq, float *out, int max, const char *what) {
-    PyObject *fast = PySequence_Fast(seq, what);
-    if (!fast) return -1;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    if (n > max) { Py_DECREF(fast); PyErr_Format(PyExc_ValueError, "%s: at most %d entries", what, max); return -1; }
-    for (Py_ssize_t i = 0; i < n; i++) out[i] = (float)PyFloat_AsDouble(PySequence_Fast_GET_ITEM(fast, i));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        if (as_float) ((float *)out)[i] = (float)PyFloat_AsDouble(item);
+        else ((int *)out)[i] = (int)PyLong_AsLong(item);
+    }
     Py_DECREF(fast);
     return PyErr_Occurred() ? -1 : (int)n;
 }
@@ -112,11 +107,11 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     float *xt_aligned = NULL;
-    int nd = parse_ints(dims, job.dims, MAX_LAYERS + 1, "dims");
+    int nd = parse_numbers(dims, job.dims, MAX_LAYERS + 1, 0, "dims");
     if (nd < 0) goto done;
     job.n_layers = nd - 1;
     if (job.n_layers < 1) { PyErr_SetString(PyExc_ValueError, "dims: give the input dimension and >= 1 layer width"); goto done; }
-    if (parse_floats(scales, job.scale, MAX_LAYERS, "scales") != job.n_layers) {
+    if (parse_numbers(scales, job.scale, MAX_LAYERS, 1, "scales") != job.n_layers) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "scales: one per layer");
         goto done;
     }
