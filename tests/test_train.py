@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from volume.errors import TableError
-from volume.models import draw_params
-from volume.sampler import block_generator
+from volume.models import scale_params
+from volume.sampler import block_standard
 from volume.spec import FCN, BooleanCube, ExperimentSpec, Output, SpecError, Training
 from volume.table import FrequencyTable
 from volume.train import TrainingRun, optimizer_table, sam_gradient, train
@@ -44,11 +44,12 @@ def test_initialisation_is_the_prior_draw_and_blocks_are_deterministic():
     spec = spec_with(optimizer="adam", lr=0.01)
     run = TrainingRun(spec)
     flat, seeds = run.initialisations(2)
-    prior = draw_params(spec, run.layers, spec.block_size, block_generator(spec.seed, 2))
+    prior = scale_params(spec, run.layers, block_standard(spec, run.layers, 2, 0, spec.block_size))
     assert torch.equal(flat[1], torch.cat([prior[n][1].reshape(-1) for n in run.objective.names]))
     a, b = run.block(2), TrainingRun(spec).block(2)
     assert np.array_equal(a[0], b[0]) and a[1] == b[1]
-    assert not np.array_equal(run.block(3)[0], a[0])
+    assert not torch.equal(run.initialisations(3)[0], flat)  # another block, other draws (Adam often finds
+    # the same few functions from them: with random stream 2, blocks 2 and 3 give equal label sets)
     # a single training is the same whether run alone or in its block
     assert np.array_equal(run.results(2, [1])[0].labels, run.results(2)[1].labels)
 

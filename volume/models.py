@@ -9,11 +9,13 @@ then dense layers. The last layer has ``spec.output.units`` outputs and no activ
 leading draw dimension B, and there is no Python loop over draws (dense layers are one
 batched matmul; conv layers are one grouped convolution with groups = B).
 
-Parameter draws follow one stream layout (:func:`draw_standard`): units of ``UNIT`` draws,
-one generator call per parameter tensor and unit, biases not drawn when sigma_b = 0; the
-standard (unit-variance) draws are scaled by sigma_w / sqrt(fan_in) and sigma_b
-(:func:`scale_params`, :func:`draw_params`). The sampler generates the same stream in
-sub-batches (``volume.sampler.BlockStream``).
+The standard (unit-variance) draws of a network are scaled by sigma_w / sqrt(fan_in) and
+sigma_b (:func:`scale_params`). Tables (the sampler, optimizer tables, the empirical kernel)
+take their standard draws from the counter-based random stream
+(``volume.sampler.block_standard``, :mod:`volume.stream`); :func:`draw_standard` /
+:func:`draw_params` draw single networks or small batches from a ``torch.Generator`` (units of
+``UNIT`` draws, one generator call per parameter tensor and unit, biases not drawn when
+sigma_b = 0) for training inits, flatness measures and tests.
 
 ``Network`` is the same architecture as an ``nn.Module`` for one parameter set (training,
 Hessians); its forward is the batched forward with B = 1, so the two always agree.

@@ -40,7 +40,7 @@ import sys
 import numpy as np
 import torch
 
-from volume import fused
+from volume import fused, triton_stream
 from volume.errors import VolumeError
 from volume.basis import basis_layers, uses_basis
 from volume.inputs import InputSet, load_inputs
@@ -85,13 +85,17 @@ def block_standard(spec: ExperimentSpec, layers: list[Layer], block: int, start:
 
     In float32 on the CPU the numbers come from the compiled kernel's generator where it is
     built (about 10x faster than the numpy/torch integer arithmetic of volume.stream, the
-    same numbers to float32 rounding); ``VOLUME_STREAM=numpy`` forces volume.stream."""
+    same numbers to float32 rounding); ``VOLUME_STREAM=numpy`` forces volume.stream. On a
+    CUDA device they come from the Triton kernel of :mod:`volume.triton_stream` where Triton
+    is installed, else from volume.stream's torch integer arithmetic on the device."""
     shapes = stream_sizes(spec, layers)
     sizes = [math.prod(s) for s in shapes]
     key = block_key(spec.seed if seed is None else seed, block)
-    if (fused.available() and dtype == torch.float32 and torch.device(device).type == "cpu"
-            and os.environ.get(STREAM_ENV, "auto") != "numpy"):
+    kind = torch.device(device).type
+    if fused.available() and dtype == torch.float32 and kind == "cpu" and os.environ.get(STREAM_ENV, "auto") != "numpy":
         z = torch.from_numpy(fused.standard(spec.prior.kind, sum(sizes), key, start, stop))
+    elif kind == "cuda" and dtype == torch.float32 and triton_stream.available():
+        z = triton_stream.standard_draws(spec.prior.kind, sum(sizes), key, start, stop, device)
     else:
         z = standard_draws(spec.prior.kind, sum(sizes), key, start, stop, device, dtype)
     n = stop - start
