@@ -17,10 +17,10 @@ the generator of cuRAND and of PyTorch's CUDA sampler):
   with unit variance (the numerator is an odd integer below 2^24 in size: exact in float32);
 * numbers past P in the last group are discarded.
 
-Every implementation (this module, in torch integer arithmetic on any device; the compiled
-kernel ``volume/_fused.c``; the float64 reference in tests/stream_reference.py) computes the
-same 32-bit words exactly; u and t are exact in float32, so implementations differ only in
-the last bits of ln, sqrt, cos and sin.
+Every implementation (this module: numpy uint64 on the CPU, torch int64 on other devices; the
+compiled kernel ``volume/csrc/kernel.h``; the Triton kernel of volume/triton_stream.py; the
+float64 reference in tests/stream_reference.py) computes the same 32-bit words exactly; u and t
+are exact in float32, so implementations differ only in the last bits of ln, sqrt, cos and sin.
 """
 
 from __future__ import annotations
