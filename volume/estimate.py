@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Iterable
 
 import numpy as np
-from scipy.stats import norm
 
 from volume.errors import FunctionError, VolumeError
 from volume.keys import key_to_hex, labels_to_text, lz_complexity, parse_function, unpack_keys
@@ -48,7 +48,7 @@ def wilson_interval(count: int | np.ndarray, n: int, confidence: float = 0.95) -
     if n <= 0:
         raise VolumeError("an interval needs n >= 1 samples; the table is empty: sample first")
     k = np.asarray(count, dtype=np.float64)
-    z = norm.ppf(1 - (1 - confidence) / 2)
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)  # stdlib: the client needs no scipy
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

@@ -8,8 +8,6 @@ import json
 import numpy as np
 
 from volume.errors import VolumeError
-from volume.estimate import entropy_bits, good_turing_unseen, posterior, prior_estimates, top_estimates
-from volume.table import FrequencyTable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +67,7 @@ def parse_indices(text: str, n_inputs: int) -> np.ndarray:
     return idx
 
 
-def resolve_target(table: FrequencyTable, target: str) -> np.ndarray:
+def resolve_target(table, target: str) -> np.ndarray:
     """A target given as a rule of ``volume.inputs.target_labels`` or as a function."""
     from volume.inputs import load_inputs, target_labels
     from volume.keys import parse_function
@@ -91,6 +89,9 @@ def _print_estimates(rows, as_json: bool) -> None:
 
 
 def cmd_info(args) -> int:
+    from volume.estimate import entropy_bits, good_turing_unseen, top_estimates
+    from volume.table import FrequencyTable
+
     table = FrequencyTable.load(args.table)
     info = table.info()
     if table.n_samples:
@@ -115,12 +116,18 @@ def cmd_info(args) -> int:
 
 
 def cmd_prior(args) -> int:
+    from volume.estimate import prior_estimates
+    from volume.table import FrequencyTable
+
     table = FrequencyTable.load(args.table)
     _print_estimates(prior_estimates(table, args.functions, args.confidence), args.json)
     return 0
 
 
 def cmd_posterior(args) -> int:
+    from volume.estimate import posterior
+    from volume.table import FrequencyTable
+
     table = FrequencyTable.load(args.table)
     if (args.train is None) == (args.train_size is None):
         raise VolumeError("give exactly one of --train INDICES or --train-size K")
@@ -156,6 +163,7 @@ def cmd_posterior(args) -> int:
 
 def cmd_plot(args) -> int:
     from volume.plot import rank_plot
+    from volume.table import FrequencyTable
 
     table = FrequencyTable.load(args.table)
     rank_plot(table, args.output, max_lz=args.max_lz)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-from volume.runner import missing_blocks, open_table, progress_bar, run_local, table_lock
 from volume.spec import ExperimentSpec
 
 
@@ -41,12 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def target_draws(spec: ExperimentSpec, args: argparse.Namespace) -> int:
+    from volume.runner import open_table
+
     if args.add:
         return open_table(spec, args.output).n_samples + args.draws
     return args.draws
 
 
 def run(args: argparse.Namespace) -> int:
+    from volume.runner import missing_blocks, open_table, progress_bar, run_local, table_lock
+
     spec = ExperimentSpec.load(args.spec)
     n = target_draws(spec, args)
     table = open_table(spec, args.output)

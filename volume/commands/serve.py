@@ -14,7 +14,6 @@ import signal
 import time
 from pathlib import Path
 
-from volume.client import TOKEN_ENV
 from volume.errors import VolumeError
 
 
@@ -38,6 +37,7 @@ def _interrupt(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
+    from volume.client import TOKEN_ENV
     from volume.jobs import is_loopback_host, ray_session
 
     token = os.environ.get(TOKEN_ENV) or None
