@@ -68,14 +68,10 @@ def parse_indices(text: str, n_inputs: int) -> np.ndarray:
 
 
 def resolve_target(table, target: str) -> np.ndarray:
-    """A target given as a rule of ``volume.inputs.target_labels`` or as a function."""
-    from volume.inputs import load_inputs, target_labels
-    from volume.keys import parse_function
+    """A target of a table's input set, rule or function (``volume.inputs.resolve_labels``)."""
+    from volume.inputs import resolve_labels
 
-    m, k = table.n_inputs, table.classes
-    if target.lower().startswith("0x") or not (set(target) - set("0123456789abcdefghijklmnopqrstuvwxyz"[:k])):
-        return parse_function(target, m, k)
-    return target_labels(load_inputs(table.spec.inputs), target, k)
+    return resolve_labels(target, table.spec, table.classes)
 
 
 def _print_estimates(rows, as_json: bool) -> None:
@@ -137,7 +133,11 @@ def cmd_posterior(args) -> int:
         if not 1 <= args.train_size < table.n_inputs:
             raise VolumeError(f"--train-size must lie in 1..{table.n_inputs - 1}")
         idx = np.sort(np.random.default_rng(args.train_seed).choice(table.n_inputs, args.train_size, replace=False))
-    target = resolve_target(table, args.target) if args.target else None
+    target = None
+    if args.target:
+        from volume.inputs import resolve_labels
+
+        target = resolve_labels(args.target, table.spec, table.classes, allow_file=True)
     if args.labels is not None:
         labels = args.labels
     elif target is not None:

@@ -85,13 +85,15 @@ def _kernel(args, spec: ExperimentSpec, inputs):
 
 def cmd_logp(args) -> int:
     from volume.gp.estimate import log_prior
-    from volume.inputs import load_inputs
+    from volume.inputs import load_inputs, resolve_labels
 
     spec = ExperimentSpec.load(args.spec)
     if args.importance_samples < 0:
         raise VolumeError("--importance-samples must be >= 0")
-    K = _kernel(args, spec, load_inputs(spec.inputs)) if args.kernel_file else None
-    res = log_prior(spec, args.labels, likelihood=args.likelihood, importance_samples=args.importance_samples,
+    inputs = load_inputs(spec.inputs)
+    labels = resolve_labels(args.labels, inputs, allow_file=True)
+    K = _kernel(args, spec, inputs) if args.kernel_file else None
+    res = log_prior(spec, labels, likelihood=args.likelihood, importance_samples=args.importance_samples,
                     seed=args.seed, kernel=args.kernel, kernel_matrix=K, kernel_samples=args.kernel_samples,
                     map_fn=_map_fn(args))
     if args.json:
@@ -127,13 +129,12 @@ def cmd_kernel(args) -> int:
 
 def cmd_posterior(args) -> int:
     from volume.commands.core import parse_indices
-    from volume.gp.estimate import resolve_labels
     from volume.gp.posterior import gp_posterior
-    from volume.inputs import load_inputs
+    from volume.inputs import load_inputs, resolve_labels
 
     spec = ExperimentSpec.load(args.spec)
     inputs = load_inputs(spec.inputs)
-    target = resolve_labels(args.target, inputs)
+    target = resolve_labels(args.target, inputs, allow_file=True)
     train = parse_indices(args.train, inputs.n_inputs)
     res = gp_posterior(_kernel(args, spec, inputs), train, target[train], target,
                        likelihood=args.likelihood, delta=args.delta)
