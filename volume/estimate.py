@@ -27,6 +27,7 @@ from typing import Iterable
 
 import numpy as np
 
+from volume.checks import training_indices
 from volume.errors import FunctionError, VolumeError
 from volume.keys import key_to_hex, labels_to_text, lz_complexity, parse_function, unpack_keys
 from volume.table import FrequencyTable
@@ -188,13 +189,7 @@ def _consistent(table: FrequencyTable, train_indices: np.ndarray, train_labels: 
 
 def check_training_set(table: FrequencyTable, train_indices, train_labels) -> tuple[np.ndarray, np.ndarray]:
     m = table.n_inputs
-    idx = np.asarray(train_indices, dtype=np.int64).ravel()
-    if idx.size == 0:
-        raise VolumeError("the training set is empty: give at least one training index")
-    if idx.min() < 0 or idx.max() >= m:
-        raise VolumeError(f"training indices must lie in 0..{m - 1} (the table has {m} inputs)")
-    if len(np.unique(idx)) != idx.size:
-        raise VolumeError("training indices must not repeat")
+    idx = training_indices(train_indices, m)
     lab = parse_function(train_labels, idx.size, table.classes) if isinstance(train_labels, str) else np.asarray(train_labels)
     if lab.shape != idx.shape:
         raise FunctionError(f"{lab.size} training labels given for {idx.size} training indices: give one label per index")

@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.runner import BlockAccumulator, block_source, missing_blocks, open_table, table_lock
 from volume.spec import ExperimentSpec
@@ -105,8 +106,8 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
     or joins ``RAY_ADDRESS`` when it is set (as under ``ray job submit``); ``"auto"``,
     ``"ray://host:port"`` or ``"host:port"`` join an existing cluster.
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise VolumeError(f"workers = {workers!r} is invalid: give a positive integer (--workers)")
+    if workers is not None:
+        positive_int(workers, "workers (--workers)")
     local = _wants_local(address)
     ray = import_ray(is_loopback_address(address))
     if ray.is_initialized():

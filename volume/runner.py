@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
-from volume.errors import TableError, VolumeError
-from volume.sampler import Sampler
+from volume.checks import positive_int
+from volume.errors import TableError
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
+from volume.threads import torch_threads
 
 
 def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: str = "cpu"):
@@ -34,13 +34,14 @@ def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: 
         from volume.train import TrainingRun
 
         return TrainingRun(spec)
+    from volume.sampler import Sampler
+
     kwargs = {"device": device} if sub_batch is None else {"device": device, "sub_batch": sub_batch}
     return Sampler(spec, **kwargs)
 
 
 def blocks_needed(spec: ExperimentSpec, n_draws: int) -> list[int]:
-    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
-        raise VolumeError(f"number of draws = {n_draws!r} is invalid: give a positive integer (-n)")
+    positive_int(n_draws, "number of draws (-n)")
     return list(range(math.ceil(n_draws / spec.block_size)))
 
 
@@ -126,15 +127,13 @@ def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None,
     todo = missing_blocks(table, spec, n_draws)
     sampler = block_source(spec, sub_batch=sub_batch, device=device) if todo else None
     acc = BlockAccumulator(table, out, checkpoint_seconds)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread is as fast as two here, and much faster on a busy machine
     try:
-        for b in todo:
-            acc.add(b, sampler.keys(b))
-            if on_block is not None:
-                on_block(spec.block_size)
+        with torch_threads(1):  # one thread is as fast as two here, and much faster on a busy machine
+            for b in todo:
+                acc.add(b, sampler.keys(b))
+                if on_block is not None:
+                    on_block(spec.block_size)
     finally:
-        torch.set_num_threads(threads)
         table = acc.flush()
     return table
 

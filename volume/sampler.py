@@ -39,6 +39,8 @@ import math
 import numpy as np
 import torch
 
+from volume.activations import ACTIVATIONS
+from volume.checks import positive_int
 from volume.inputs import InputSet, load_inputs
 from volume.keys import pack_labels
 from volume.models import (UNIT, Layer, fill_unit_, forward, labels_from_outputs, layer_shapes, scale_params,
@@ -50,8 +52,6 @@ DEFAULT_SUB_BATCH = 64
 
 CACHE_BYTES = 2 << 20
 """Working-set target of an automatically chosen sub-batch (about one core's L2 cache)."""
-
-_ACT_ = {"relu": torch.Tensor.relu_, "tanh": torch.Tensor.tanh_, "erf": torch.Tensor.erf_}
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -129,9 +129,9 @@ class DenseStack:
         self.layers = layers
         self.m = x.shape[0]
         self.xt = x.reshape(self.m, -1).t().contiguous()  # (d, M)
-        self.act_ = _ACT_[spec.architecture.activation]
+        self.act_ = ACTIVATIONS[spec.architecture.activation].inplace()
         self.biased = spec.prior.sigma_b > 0
-        self.homogeneous = spec.architecture.activation == "relu" and not self.biased
+        self.homogeneous = ACTIVATIONS[spec.architecture.activation].homogeneous and not self.biased
         self.h = [torch.empty(max_batch, layer.weight_shape[0], self.m, dtype=x.dtype, device=x.device)
                   for layer in layers]
 
@@ -204,8 +204,8 @@ class Sampler:
                  sub_batch: int | None = None, device: str = "cpu", dense: bool | None = None):
         if spec.training is not None:
             raise ValueError("this spec describes optimizer-found functions (spec.training); use volume.train")
-        if sub_batch is not None and (isinstance(sub_batch, bool) or not isinstance(sub_batch, int) or sub_batch < 1):
-            raise ValueError(f"sub_batch = {sub_batch!r}: give an integer >= 1, or None to choose it automatically")
+        if sub_batch is not None:
+            positive_int(sub_batch, "sub_batch (--sub-batch; leave it out to choose it automatically)")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but CUDA is not available; use device='cpu'")
         self.spec = spec

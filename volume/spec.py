@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from volume.activations import ACTIVATIONS as _ACTIVATION_TABLE
+from volume.checks import positive_int
 from volume.errors import VolumeError
 
-ACTIVATIONS = ("relu", "tanh", "erf")
+ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # volume.activations is the one table
 PRIORS = ("gaussian", "uniform")
 ENCODINGS = ("01", "pm1")
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits")
@@ -53,8 +55,7 @@ def _choice(path: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _positive_int(path: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(path, value, f"must be an integer >= {minimum}")
+    positive_int(value, f"spec field '{path}'", minimum, SpecError)
 
 
 def _nonneg_float(path: str, value: Any, positive: bool = False) -> None:

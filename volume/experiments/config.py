@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.spec import ExperimentSpec, ImageSubset, Training
 
@@ -50,9 +51,10 @@ def _build(path: str, cls, d: Any):
 
 
 def _positive(path: str, v: Any, integer: bool = True) -> None:
-    ok = (isinstance(v, int) and not isinstance(v, bool)) if integer else isinstance(v, (int, float))
-    if not ok or not math.isfinite(v) or v <= 0:
-        raise _err(path, v, f"must be a positive {'integer' if integer else 'number'}")
+    if integer:
+        positive_int(v, f"experiment config field '{path}'")
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise _err(path, v, "must be a positive number")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from scipy import stats
 
 from volume.experiments.config import VOLUME_METHODS, FlatnessConfig, System
@@ -40,6 +39,7 @@ from volume.experiments.volumes import GPVolume, prior_table, table_log_prior
 from volume.inputs import load_inputs
 from volume.keys import labels_to_hex
 from volume.reparam import alpha_rescale
+from volume.threads import torch_threads
 from volume.train import TrainingRun
 
 
@@ -164,15 +164,11 @@ def run(config: FlatnessConfig, out: str | Path, *, log: Callable[[str], None] =
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows, notes = [], []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         for k, system in enumerate(config.systems):
             r, n = run_system(k, system, config, log)
             rows += r
             notes += n
-    finally:
-        torch.set_num_threads(threads)
     cols = measure_columns(config)
     corr = correlations(rows, cols)
     write_csv(out / "results.csv", rows)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from volume.errors import FunctionError
+from volume.checks import json_safe, positive_int
 from volume.gp.ep import ep_log_p, importance_log_p
 from volume.gp.kernels import KernelError, MapFn, spec_kernel
 from volume.inputs import InputSet, load_inputs
@@ -60,12 +60,9 @@ class GPLogPrior:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, float) and not math.isfinite(v):
-                d[k] = None
         d["impossible"] = self.impossible
-        d["log10_p"] = None if not math.isfinite(self.log_p) else self.log_p / math.log(10)
-        return d
+        d["log10_p"] = self.log_p / math.log(10)
+        return json_safe(d)
 
 
 def log_prior(spec: ExperimentSpec, labels: Any, *, likelihood: str = "heaviside", importance_samples: int = 0,
@@ -93,8 +90,7 @@ def log_prior(spec: ExperimentSpec, labels: Any, *, likelihood: str = "heaviside
         kw = {} if kernel == "analytic" else {"n_networks": kernel_samples, "block_size": kernel_block_size,
                                               "seed": kernel_seed, "map_fn": map_fn}
         K, _, meta = spec_kernel(spec, kernel, inputs, **kw)
-    if isinstance(importance_samples, bool) or not isinstance(importance_samples, int) or importance_samples < 0:
-        raise FunctionError(f"importance_samples = {importance_samples!r}: give an integer >= 0")
+    positive_int(importance_samples, "importance_samples", minimum=0)
     ep = ep_log_p(K, lab, likelihood=likelihood, damping=damping, tol=tol, max_iter=max_iter)
     out = GPLogPrior(log_p=ep.log_z, log_p_ep=ep.log_z, n_inputs=inputs.n_inputs, n_deterministic=ep.n_deterministic,
                      converged=ep.converged, iterations=ep.iterations, max_change=ep.max_change, jitter=ep.jitter,

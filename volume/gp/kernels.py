@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
 from volume.models import Layer, draw_params, forward, layer_shapes
@@ -253,14 +254,11 @@ def empirical_kernel(spec: ExperimentSpec, inputs: InputSet | None = None, *, n_
     the default evaluates them here one after another. Each task returns two M x M float64
     sums, so a ``map_fn`` that gathers all results holds 16 M^2 bytes per task.
     """
-    if isinstance(n_networks, bool) or not isinstance(n_networks, int) or n_networks < 2:
-        raise KernelError(f"n_networks = {n_networks!r}: the empirical kernel needs an integer >= 2 "
-                          "networks (its standard error needs two)")
+    positive_int(n_networks, "n_networks (networks of the empirical kernel; its standard error needs two)", 2,
+                 KernelError)
     block_size = min(spec.block_size, 256, n_networks) if block_size is None else block_size
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise KernelError(f"block_size = {block_size!r} must be an integer >= 1")
-    if blocks_per_task < 1:
-        raise KernelError(f"blocks_per_task = {blocks_per_task!r} must be >= 1")
+    positive_int(block_size, "block_size", 1, KernelError)
+    positive_int(blocks_per_task, "blocks_per_task", 1, KernelError)
     seed = spec.seed if seed is None else int(seed)
     inputs = inputs if inputs is not None else load_inputs(spec.inputs)
     n_blocks = -(-n_networks // block_size)
