@@ -2,6 +2,8 @@
 
 * :func:`positive_int`: an integer argument (``bool`` is refused: ``True`` is not a count);
 * :func:`training_indices`: the inputs of a training set S (non-empty, in range, distinct);
+* :func:`finite_params`: network parameters without NaN or infinities (flatness measures);
+* :func:`output_path`: a file to write, in a directory that exists;
 * :func:`json_safe`: plain JSON data from results (numpy scalars and arrays to Python, NaN and
   infinities to ``None``, which strict JSON lacks).
 
@@ -19,6 +21,7 @@ the argument and what to give instead.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +52,29 @@ def training_indices(indices: Any, n_inputs: int, what: str = "training indices"
     if len(np.unique(idx)) != idx.size:
         raise VolumeError(f"{what} must not repeat an index: each training input once")
     return idx
+
+
+def finite_params(theta: Any, name: str = "theta") -> None:
+    """Refuse parameters with NaN or infinite entries: every flatness measure of such a
+    network is undefined (ARPACK fails, the error under noise is meaningless)."""
+    arr = theta.detach().cpu().numpy() if hasattr(theta, "detach") else np.asarray(theta)
+    bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise VolumeError(f"{name} has {bad} non-finite entries (NaN or inf) of {np.size(arr)}: flatness is undefined "
+                          "there; check that the training converged (a diverged run leaves NaN parameters)")
+
+
+def output_path(path: Any, what: str = "output file") -> Path:
+    """``Path(path)`` if its directory exists (nothing is created for the caller: a typo in a
+    directory name must not silently make a new tree), else a VolumeError naming it."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise VolumeError(f"{what} {str(p)!r}: the directory {str(parent)!r} does not exist; create it first "
+                          "or choose another path")
+    if p.is_dir():
+        raise VolumeError(f"{what} {str(p)!r} is a directory: give a file name")
+    return p
 
 
 def json_safe(x: Any) -> Any:

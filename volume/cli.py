@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from volume import __version__
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except VolumeError as e:
         print(f"volume {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader of the output went away (`volume info T --json | head`): not an error; send
+        # what is left to /dev/null so that the interpreter's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"volume {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -19,8 +19,9 @@ from typing import Iterator
 def atomic_h5(path: str | Path) -> Iterator["h5py.File"]:  # noqa: F821
     import h5py
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    from volume.checks import output_path
+
+    p = output_path(path)
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:

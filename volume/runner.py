@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from volume.checks import positive_int
+from volume.checks import output_path, positive_int
 from volume.errors import TableError
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
@@ -104,8 +104,7 @@ def table_lock(path: str | Path | None):
         return
     import fcntl
 
-    lock_path = Path(str(path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = Path(str(output_path(path, "output table")) + ".lock")
     with open(lock_path, "a") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -41,6 +41,7 @@ import torch
 
 from volume.activations import ACTIVATIONS
 from volume.checks import positive_int
+from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
 from volume.keys import pack_labels
 from volume.models import (UNIT, Layer, fill_unit_, forward, labels_from_outputs, layer_shapes, scale_params,
@@ -192,6 +193,19 @@ def auto_sub_batch(spec: ExperimentSpec, layers: list[Layer], input_shape: tuple
     return max(1, min(s, DEFAULT_SUB_BATCH, spec.block_size))
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have: 'cpu', or 'cuda'/'cuda:K' with K < the GPU count."""
+    name, _, index = str(device).partition(":")
+    if name == "cpu" and not index:
+        return
+    if name != "cuda" or (index and not index.isdigit()):
+        raise VolumeError(f"device {device!r} is unknown: use cpu, cuda or cuda:K")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(index or 0) >= count:
+        raise VolumeError(f"device {device!r} was asked for but this machine has {count} CUDA device(s): "
+                          "use --device cpu (the default)")
+
+
 class Sampler:
     """Evaluates blocks of one spec; holds the input set, layer shapes and buffers between blocks.
 
@@ -206,8 +220,7 @@ class Sampler:
             raise ValueError("this spec describes optimizer-found functions (spec.training); use volume.train")
         if sub_batch is not None:
             positive_int(sub_batch, "sub_batch (--sub-batch; leave it out to choose it automatically)")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but CUDA is not available; use device='cpu'")
+        check_device(device)
         self.spec = spec
         self.inputs = inputs if inputs is not None else load_inputs(spec.inputs)
         self.layers = layer_shapes(spec, self.inputs.shape)

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from volume.checks import positive_int
+from volume.checks import finite_params, positive_int
 from volume.errors import VolumeError
 
 
@@ -47,6 +47,7 @@ def local_energy(errors: Callable[[torch.Tensor], torch.Tensor], theta: torch.Te
     positive_int(draws, "local energy draws", minimum=2)
     positive_int(batch, "local energy batch")
     theta = torch.as_tensor(theta).detach().reshape(-1)
+    finite_params(theta)
     base = float(errors(theta[None])[0])
     rise = np.empty((sig.size, draws))
     for start in range(0, draws, batch):

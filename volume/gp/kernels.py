@@ -298,16 +298,26 @@ def spec_kernel(spec: ExperimentSpec, kind: str = "analytic", inputs: InputSet |
     if spec.output.kind != "threshold":
         raise KernelError("the GP path models one threshold output (output.kind = 'threshold'); "
                           f"this spec has output.kind = {spec.output.kind!r}")
-    if kind == "analytic":
-        if empirical_kw:
-            raise KernelError(f"options {sorted(empirical_kw)} apply to kernel='empirical' only")
-        return analytic_kernel(spec, inputs), None, {"kernel": "analytic"}
-    if kind == "empirical":
-        ek = empirical_kernel(spec, inputs, **empirical_kw)
-        return ek.K, ek.stderr, {"kernel": "empirical", "n_networks": ek.n_networks,
-                                 "block_size": ek.block_size, "seed": ek.seed,
-                                 "stderr_max": float(ek.stderr.max())}
-    raise KernelError(f"kernel = {kind!r}: use 'analytic' (FCN with relu/erf) or 'empirical' (any spec)")
+    if kind not in ("analytic", "empirical"):
+        raise KernelError(f"kernel = {kind!r}: use 'analytic' (FCN with relu/erf) or 'empirical' (any spec)")
+    if kind == "analytic" and empirical_kw:
+        raise KernelError(f"options {sorted(empirical_kw)} apply to kernel='empirical' only")
+    try:
+        with np.errstate(over="raise"):
+            if kind == "analytic":
+                K, stderr, meta = analytic_kernel(spec, inputs), None, {"kernel": "analytic"}
+            else:
+                ek = empirical_kernel(spec, inputs, **empirical_kw)
+                K, stderr, meta = ek.K, ek.stderr, {"kernel": "empirical", "n_networks": ek.n_networks,
+                                                    "block_size": ek.block_size, "seed": ek.seed,
+                                                    "stderr_max": float(ek.stderr.max())}
+    except (OverflowError, FloatingPointError):
+        K = None
+    if K is None or not np.all(np.isfinite(K)):
+        raise KernelError(f"the {kind} kernel overflows float64 (prior.sigma_w = {spec.prior.sigma_w:g}, "
+                          f"prior.sigma_b = {spec.prior.sigma_b:g}, {len(spec.architecture.hidden) if hasattr(spec.architecture, 'hidden') else '?'} "
+                          "hidden layers): the variances grow like sigma_w^(2 x depth); use smaller standard deviations")
+    return K, stderr, meta
 
 
 __all__ = ["analytic_kernel", "empirical_kernel", "nngp_layer", "spec_kernel", "EmpiricalKernel",
