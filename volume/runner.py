@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -98,23 +99,35 @@ class BlockAccumulator:
 def table_lock(path: str | Path | None):
     """Hold an exclusive lock on ``PATH.lock`` while a job writes the table at ``path``, so
     that two jobs never fold blocks into the same file (each would overwrite the other's
-    checkpoints). The lock is released when the holder exits, even if it is killed."""
+    checkpoints). The lock is released when the holder exits, even if it is killed; on a
+    clean exit the lock file is removed (while still held, and a waiter that opened the old
+    file checks the inode and retries, so two holders can never overlap)."""
     if path is None:
         yield
         return
     import fcntl
 
     lock_path = Path(str(output_path(path, "output table")) + ".lock")
-    with open(lock_path, "a") as fh:
+    while True:
+        fh = open(lock_path, "a")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.close()
             raise TableError(f"another job is writing {str(path)!r} (it holds {str(lock_path)!r}): "
                              "wait for it to finish, or choose another output path") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        try:  # the holder before us may have removed the file after we opened it: lock the current one
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # removed while still locked, so no .lock file stays behind
+        fh.close()
 
 
 def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *,
@@ -122,6 +135,8 @@ def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None,
               on_block: Callable[[int], None] | None = None) -> FrequencyTable:
     """Draw the missing blocks of a job in this process and return the table (saved to
     ``out`` if given). ``on_block(draws)`` is called after each block (progress bars)."""
+    if out is not None:
+        output_path(out, "output table")  # before drawing anything
     table = open_table(spec, out)
     todo = missing_blocks(table, spec, n_draws)
     sampler = block_source(spec, sub_batch=sub_batch, device=device) if todo else None
