@@ -11,7 +11,7 @@ import os
 import sys
 
 from volume import __version__
-from volume.errors import VolumeError
+from volume.errors import Interrupted, VolumeError
 
 COMMAND_MODULES = [
     "volume.commands.sample",
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except Interrupted as e:
+        print(f"volume {args.command}: {e}", file=sys.stderr)
+        return e.exit_status
     except VolumeError as e:
         print(f"volume {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,11 @@ Either way the table depends only on the spec and N: rerunning resumes a stopped
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from pathlib import Path
 
+from volume.errors import Interrupted
 from volume.spec import ExperimentSpec
 
 
@@ -47,10 +51,35 @@ def target_draws(spec: ExperimentSpec, args: argparse.Namespace) -> int:
     return args.draws
 
 
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the checkpoint finish
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    """Sample, saving what is counted when interrupted: SIGTERM (`kill`, `ray job stop`, batch
+    schedulers) is handled as Ctrl-C is, and either way the message says how many draws the
+    table holds and that rerunning the command resumes."""
+    spec = ExperimentSpec.load(args.spec)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _sample(spec, args)
+    except KeyboardInterrupt:
+        from volume.table import FrequencyTable
+
+        saved = FrequencyTable.load(args.output) if Path(args.output).is_file() else None
+        held = (f"{args.output} holds {saved.n_samples} draws ({len(saved.blocks)} blocks), all counted so far"
+                if saved is not None else f"nothing was saved to {args.output}")
+        raise Interrupted(f"interrupted: {held}; rerun the same command to resume") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sample(spec: ExperimentSpec, args: argparse.Namespace) -> int:
     from volume.runner import missing_blocks, open_table, progress_bar, run_local, table_lock
 
-    spec = ExperimentSpec.load(args.spec)
     n = target_draws(spec, args)
     table = open_table(spec, args.output)
     todo = missing_blocks(table, spec, n)
