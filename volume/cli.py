@@ -13,6 +13,10 @@ import sys
 from volume import __version__
 from volume.errors import Interrupted, VolumeError
 
+# modules of the optional extras (pyproject.toml), and the extra that installs each
+OPTIONAL_MODULES = {"torch": "run", "scipy": "run", "ray": "run", "h5py": "run", "matplotlib": "run", "tqdm": "run",
+                    "fastapi": "run", "sklearn": "digits", "pandas": "notebook"}
+
 COMMAND_MODULES = [
     "volume.commands.sample",
     "volume.commands.core",
@@ -45,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_status
     except VolumeError as e:
         print(f"volume {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = OPTIONAL_MODULES.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"volume {args.command}: error: this command needs {e.name!r}, which is not installed "
+              f"(the base install is the client only): pip install 'volume[{extra}]'", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # the reader of the output went away (`volume info T --json | head`): not an error; send
