@@ -61,6 +61,26 @@ def load_inputs(spec: InputSpec) -> InputSet:
 
 
 # --------------------------------------------------------------------------- images
+def expected_files(dataset: str, split: str) -> list[str]:
+    """The files a data set's split is read from (the names of the original distributions)."""
+    if dataset in ("mnist", "fashion-mnist"):
+        prefix = "train" if split == "train" else "t10k"
+        return [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
+    if dataset == "cifar10":
+        return [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    return []
+
+
+def _placement(dataset: str, split: str, directory: Path) -> str:
+    """Exactly which files to put where, for error messages."""
+    files = ", ".join(expected_files(dataset, split))
+    origin = {"mnist": "the MNIST distribution (gzipped or not)",
+              "fashion-mnist": "the Fashion-MNIST distribution (gzipped or not)",
+              "cifar10": "CIFAR-10's python version (cifar-10-python.tar.gz, unpacked)"}.get(dataset, dataset)
+    return (f"put {files} from {origin} into {str(directory)!r}; nothing is downloaded "
+            f"(data/README.md in the repository says where to get them)")
+
+
 def _resolve_dir(spec: ImageSubset) -> Path:
     path = spec.path or os.environ.get(DATA_ENV, "")
     if not path:
@@ -68,17 +88,19 @@ def _resolve_dir(spec: ImageSubset) -> Path:
             f"inputs.path is empty: set it to the directory holding the {spec.dataset} files "
             f"(or set the {DATA_ENV} environment variable)"
         )
-    p = Path(path).expanduser()
+    p = Path(path).expanduser().absolute()
     if not p.is_dir():
-        raise DataError(f"inputs.path {str(p)!r} is not a directory: it must hold the {spec.dataset} files")
+        raise DataError(f"inputs.path {str(p)!r} is not a directory: create it and "
+                        + _placement(spec.dataset, spec.split, p))
     return p
 
 
-def _find(directory: Path, stem: str) -> Path:
+def _find(directory: Path, stem: str, dataset: str, split: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (directory / name).is_file():
             return directory / name
-    raise DataError(f"missing data file: expected {stem} or {stem}.gz in {str(directory)!r} (nothing is downloaded)")
+    raise DataError(f"missing data file {stem}.gz (or {stem}) in {str(directory)!r}: "
+                    + _placement(dataset, split, directory))
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -107,8 +129,8 @@ def _load_full(dataset: str, directory: str, split: str) -> tuple[np.ndarray, np
     d = Path(directory)
     if dataset in ("mnist", "fashion-mnist"):
         prefix = "train" if split == "train" else "t10k"
-        images = read_idx(_find(d, f"{prefix}-images-idx3-ubyte"))
-        labels = read_idx(_find(d, f"{prefix}-labels-idx1-ubyte"))
+        images = read_idx(_find(d, f"{prefix}-images-idx3-ubyte", dataset, split))
+        labels = read_idx(_find(d, f"{prefix}-labels-idx1-ubyte", dataset, split))
         if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
             raise DataError(f"{dataset} files in {directory!r} do not match: images {images.shape}, labels {labels.shape}")
         return images[:, None, :, :], labels
@@ -120,7 +142,7 @@ def _load_full(dataset: str, directory: str, split: str) -> tuple[np.ndarray, np
             if not f.is_file():
                 f = d / "cifar-10-batches-py" / name
             if not f.is_file():
-                raise DataError(f"missing CIFAR-10 batch {name!r} in {directory!r} (python version of CIFAR-10)")
+                raise DataError(f"missing CIFAR-10 batch {name!r} in {directory!r}: " + _placement(dataset, split, d))
             with open(f, "rb") as fh:
                 # Local CIFAR-10 python batches are pickles by format; they are read only
                 # from the user's own data directory, never from a client.

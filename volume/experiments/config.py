@@ -27,7 +27,7 @@ from typing import Any
 
 from volume.checks import positive_int
 from volume.errors import VolumeError
-from volume.spec import ExperimentSpec, ImageSubset, Training
+from volume.spec import ExperimentSpec, Training
 
 VOLUME_METHODS = ("table", "gp")
 
@@ -194,11 +194,9 @@ def _system(i: int, d: Any, base: Path) -> System:
     if isinstance(spec_d, str):
         spec = ExperimentSpec.load(base / spec_d)
     elif isinstance(spec_d, dict):
-        spec = ExperimentSpec.from_dict(spec_d)
+        spec = ExperimentSpec.from_dict(spec_d).relative_to(base)  # a spec file resolves its own path
     else:
         raise _err(f"{path}.spec", spec_d, "a spec file path or an inline table")
-    if isinstance(spec.inputs, ImageSubset) and spec.inputs.path and not Path(spec.inputs.path).is_absolute():
-        spec = spec.replace(inputs=dataclasses.replace(spec.inputs, path=str((base / spec.inputs.path).resolve())))
     spec = spec.replace(training=None)
     _positive(f"{path}.train_size", d["train_size"])
     if d["train_size"] >= spec.n_inputs:
