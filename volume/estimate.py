@@ -29,6 +29,7 @@ import numpy as np
 
 from volume.checks import training_indices
 from volume.errors import FunctionError, VolumeError
+from volume.frames import Estimates, to_dataframe
 from volume.keys import key_to_hex, labels_to_text, lz_complexity, parse_function, unpack_keys
 from volume.table import FrequencyTable
 
@@ -90,26 +91,27 @@ class PriorEstimate:
         return asdict(self)
 
 
-def prior_estimates(table: FrequencyTable, functions: Iterable, confidence: float = 0.95) -> list[PriorEstimate]:
-    """P(f) with Wilson intervals for functions given as label vectors, text or hex."""
+def prior_estimates(table: FrequencyTable, functions: Iterable, confidence: float = 0.95) -> Estimates:
+    """P(f) with Wilson intervals for functions given as label vectors, text or hex (a list
+    with ``to_dataframe()``)."""
     n = table.n_samples
     labels = [parse_function(f, table.n_inputs, table.classes) for f in functions]
     if not labels:
-        return []
+        return Estimates()
     stacked = np.stack(labels)
     counts = table.lookup_keys(table.keys_of(stacked))
     lo, hi = wilson_interval(counts, n, confidence)
-    return [
+    return Estimates([
         PriorEstimate(
             function=labels_to_text(lab), hex=key_to_hex(table.keys_of([lab])[0]), count=int(c), n_samples=n,
             p=float(c) / n, lower=float(l), upper=float(h), confidence=confidence, seen=bool(c > 0),
             lz_complexity=lz_complexity(lab),
         )
         for lab, c, l, h in zip(stacked, counts, np.atleast_1d(lo), np.atleast_1d(hi))
-    ]
+    ])
 
 
-def top_estimates(table: FrequencyTable, k: int = 10, confidence: float = 0.95) -> list[PriorEstimate]:
+def top_estimates(table: FrequencyTable, k: int = 10, confidence: float = 0.95) -> Estimates:
     keys, _ = table.top(k)
     return prior_estimates(table, unpack_keys(keys, table.n_inputs, table.classes), confidence)
 
@@ -172,6 +174,15 @@ class PosteriorResult:
     pac_bayes_bound: float | None = None  # from P(U) point estimate
     pac_bayes_bound_conservative: float | None = None  # from the lower end of P(U)'s interval
     top: list[dict] = field(default_factory=list)  # most probable consistent functions
+
+    def to_dataframe(self, which: str = "error_distribution"):
+        """pandas DataFrame of the ``error_distribution`` (columns error, posterior: the posterior
+        mass of the consistent functions with that generalization error) or of the ``top``
+        consistent functions."""
+        if which not in ("error_distribution", "top"):
+            raise VolumeError(f"which = {which!r}: use 'error_distribution' or 'top'")
+        rows = getattr(self, which)
+        return to_dataframe(rows, columns=["error", "posterior"] if which == "error_distribution" and not rows else None)
 
     def to_dict(self) -> dict:
         return asdict(self)

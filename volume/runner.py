@@ -154,7 +154,7 @@ def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None,
 
 def progress_bar(total: int, initial: int, enabled: bool = True, desc: str = "sampling"):
     """A tqdm bar over draws (rate in draws/s and ETA), or a no-op when disabled."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
     return tqdm(total=total, initial=initial, unit="draw", unit_scale=True, desc=desc, disable=not enabled,
                 dynamic_ncols=True, smoothing=0.1)

@@ -33,6 +33,7 @@ from typing import Callable
 import numpy as np
 from scipy import stats
 
+from volume.errors import VolumeError
 from volume.experiments.config import VOLUME_METHODS, FlatnessConfig, System
 from volume.experiments.measures import MEASURE_NAMES, local_energy_names, measure
 from volume.experiments.volumes import GPVolume, prior_table, table_log_prior
@@ -154,6 +155,20 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writeheader()
         w.writerows(rows)
     tmp.replace(path)
+
+
+def read_results(out: str | Path, which: str = "results"):
+    """The rows an experiment wrote to ``out`` as a pandas DataFrame: ``results`` (one row per
+    trained network: measures before and after rescaling, volumes, test error) or
+    ``correlations`` (Kendall/Spearman of each measure with the test error)."""
+    if which not in ("results", "correlations"):
+        raise VolumeError(f"which = {which!r}: use 'results' or 'correlations'")
+    path = Path(out) / f"{which}.csv"
+    if not path.is_file():
+        raise VolumeError(f"{str(path)!r} does not exist: run the experiment with --out {out} first")
+    from volume.frames import pandas
+
+    return pandas().read_csv(path)
 
 
 def run(config: FlatnessConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict:
