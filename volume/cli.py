@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Monte-Carlo estimates of the prior P(f) over the functions neural networks compute.",
     )
     parser.add_argument("--version", action="version", version=f"volume {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="`volume COMMAND -h` describes each, with examples")
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

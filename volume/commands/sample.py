@@ -14,13 +14,17 @@ import signal
 import threading
 from pathlib import Path
 
+from volume.commands import add_command
 from volume.errors import Interrupted
 from volume.spec import ExperimentSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="sample the prior over functions into a table",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "sample", "sample the prior over functions into a table", __doc__.split("\n", 2)[2],
+                    ["volume sample examples/boolean7.toml -n 1000000 -o boolean7.h5",
+                     "volume sample examples/boolean7.toml -n 2000000 -o boolean7.h5          # extend to 2M draws",
+                     "volume sample examples/digits.toml -n 100000 -o digits.h5 --in-process",
+                     "volume sample examples/boolean7.toml -n 100000000 -o b7.h5 --address auto"])
     p.add_argument("spec", help="experiment spec (.toml or .json), e.g. examples/boolean7.toml")
     p.add_argument("-n", "--draws", type=int, required=True,
                    help="total draws the table should hold (rounded up to whole blocks); rerun to resume")
@@ -36,8 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", choices=("actors", "tasks"), default="actors",
                    help="long-lived actors keeping their buffers (default, faster for long jobs) or one Ray task per "
                         "block; same table either way")
-    p.add_argument("--sub-batch", type=int, default=None, help="draws per forward pass (memory/speed only; never changes results)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--sub-batch", type=int, default=None,
+                   help="draws per forward pass (memory/speed only; never changes results; default: chosen to fit "
+                        "the cache)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0, help="save counted blocks at least this often")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
