@@ -4,25 +4,17 @@ labels, and each kind of failure mapped to its exception."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from test_service_api import TOKEN, served  # noqa: F401 (the fixture)
 from volume.client import (BadRequest, NotFound, ServiceTimeout, ServiceUnavailable, TooLarge, Unauthorized,
                            VolumeClient)
-from volume.sampler import Sampler
-from volume.service import Limits, LocalJobs, VolumeAPI, build_app, token_digest
-from volume.table import FrequencyTable
-
-TOKEN = "client-token"
 
 
-def bridge(app) -> httpx.MockTransport:
+def bridge(tc: TestClient) -> httpx.MockTransport:
     """An httpx transport that hands each request to the ASGI app (through FastAPI's TestClient)."""
-    tc = TestClient(app)
 
     def handle(request: httpx.Request) -> httpx.Response:
         r = tc.request(request.method, request.url.raw_path.decode(), content=request.content,
@@ -33,15 +25,11 @@ def bridge(app) -> httpx.MockTransport:
 
 
 @pytest.fixture
-def client(tmp_path, boolean_spec):
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    labels = np.concatenate([Sampler(boolean_spec).labels(b) for b in (0, 1)])
-    FrequencyTable.from_labels(boolean_spec, labels, [0, 1]).save(tables / "tiny.h5")
-    counts = Counter("".join(map(str, row)) for row in labels)
-    api = VolumeAPI(tables, jobs=LocalJobs(checkpoint_seconds=0.0), token_sha256=token_digest(TOKEN),
-                    limits=Limits(max_functions=16, max_top=50))
-    with VolumeClient("http://volume.test", token=TOKEN, transport=bridge(build_app(api))) as c:
+def client(served, boolean_spec):
+    """The service app of test_service_api's ``served`` (table 'tiny', its draws counted with a
+    Counter, a 64-function batch limit), behind a client."""
+    tc, _, counts = served
+    with VolumeClient("http://volume.test", token=TOKEN, transport=bridge(tc)) as c:
         yield c, counts, boolean_spec
 
 
@@ -74,7 +62,7 @@ def test_failures_map_to_exceptions(client):
     with pytest.raises(BadRequest, match="length"):
         c.prior("tiny", ["0101"])
     with pytest.raises(TooLarge):
-        c.prior("tiny", ["01010101"] * 17)
+        c.prior("tiny", ["01010101"] * 65)
     anonymous = VolumeClient("http://volume.test", token=None, transport=c._http._transport)
     with pytest.raises(Unauthorized, match="Bearer"):
         anonymous.submit("tiny", draws=10)
