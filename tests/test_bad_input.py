@@ -131,5 +131,17 @@ def test_flatness_measures_refuse_nan_parameters_and_report_non_convergence():
     with pytest.raises(VolumeError, match="NaN or inf"):
         power_iteration(lambda v: v * float("nan"), 3)
     # +-1 eigenvalues of equal magnitude: power iteration never settles, and says so
-    res = power_iteration(lambda v: torch.tensor([1.0, -1.0], dtype=v.dtype) * v, 2, maxiter=20, tol=1e-12)
+    flip = lambda v: torch.tensor([1.0, -1.0], dtype=v.dtype) * v  # noqa: E731
+    res = power_iteration(flip, 2, maxiter=20, tol=1e-12)
     assert not res.converged
+    # ... and lambda_max refuses to return such a value
+    from types import SimpleNamespace
+
+    from volume.flatness.hessian import lambda_max
+
+    op = SimpleNamespace(matvec=flip, size=2, objective=SimpleNamespace(dtype=torch.float64))
+    with pytest.raises(VolumeError, match="did not converge"):
+        lambda_max(op, method="power", maxiter=20)
+    diag = SimpleNamespace(matvec=lambda v: torch.tensor([3.0, 1.0], dtype=v.dtype) * v, size=2,
+                           objective=SimpleNamespace(dtype=torch.float64))
+    assert lambda_max(diag, method="power", tol=1e-10) == pytest.approx(3.0, rel=1e-6)
