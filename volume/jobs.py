@@ -115,6 +115,7 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
         yield ray
         return
     target = address or os.environ.get("RAY_ADDRESS")
+    handlers = _python_signal_handlers()
     try:
         if local:
             ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
@@ -130,6 +131,8 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
         if local:
             raise VolumeError(f"cannot start a local Ray instance: {e}") from None
         raise VolumeError(_refused_message(target, e, token_auth)) from None
+    finally:
+        _restore_signal_handlers(handlers)
     try:
         yield ray
     finally:
@@ -178,6 +181,29 @@ def _refused_message(target: str | None, error: Exception, token_auth: bool) -> 
                 "RAY_AUTH_TOKEN)")
     return (f"cannot join the Ray cluster at {target!r}: a server answers there but the connection failed "
             f"({first}); {auth}")
+
+
+_SIGNALS = ("SIGTERM", "SIGINT")
+
+
+def _python_signal_handlers() -> dict:
+    """The Python-level handlers of SIGTERM and SIGINT (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(getattr(signal, s)) for s in _SIGNALS if callable(signal.getsignal(getattr(signal, s)))}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    """Reinstall the caller's handlers after ``ray.init``: Ray's driver installs a C++ handler
+    for SIGTERM that logs and aborts the process, which would skip the checkpoint that
+    ``volume sample`` writes on SIGTERM (`kill`, `ray job stop`, batch schedulers)."""
+    import signal
+
+    for name, handler in handlers.items():
+        signal.signal(getattr(signal, name), handler)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
