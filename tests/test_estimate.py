@@ -45,8 +45,9 @@ def test_prior_estimates_and_summary(boolean_spec):
 
 
 def test_pac_bayes_bound_formula():
+    # a worked value: P(U) = 1e-6, m = 64, delta = 0.05: ln 1e6 = 13.8155106, ln(2m/delta) = ln 2560
+    # = 7.8477625, their sum over m - 1 = 63 is 0.3438615, and eps = 1 - exp(-0.3438615) = 0.2909729
     p_u, m, delta = 1e-6, 64, 0.05
-    rhs = (math.log(1 / p_u) + math.log(2 * m / delta)) / (m - 1)
     eps = pac_bayes_bound(p_u, m, delta)
-    assert -math.log(1 - eps) == pytest.approx(rhs)
+    assert eps == pytest.approx(0.2909729, abs=1e-7)
     assert pac_bayes_bound(1e-3, m) < eps  # larger P(U) -> tighter bound

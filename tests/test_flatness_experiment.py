@@ -14,14 +14,18 @@ from volume.experiments.config import FlatnessConfig
 from volume.experiments.flatness_vs_volume import correlations
 
 ROOT = Path(__file__).resolve().parents[1]
-MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
 
 
-def test_small_experiment_end_to_end(tmp_path):
-    path = ROOT / "examples/flatness_small.toml"
-    config = FlatnessConfig.load(path)
-    # the example's relative data path is the shared MNIST directory next to the checkout
-    assert Path(config.systems[1].spec.inputs.path) == MNIST.resolve()
+def test_small_experiment_end_to_end(tmp_path, mnist_dir):
+    example = ROOT / "examples/flatness_small.toml"
+    config = FlatnessConfig.load(example)
+    # the example's relative data path is taken relative to the config file: the repository's data/mnist
+    assert Path(config.systems[1].spec.inputs.path) == (ROOT / "data" / "mnist").resolve()
+    # run it on the MNIST-format files this session wrote (the spec file beside the copy, too)
+    text = example.read_text().replace('path = "../data/mnist"', f'path = "{mnist_dir}"')
+    path = tmp_path / "flatness_small.toml"
+    path.write_text(text)
+    (tmp_path / "boolean7.toml").write_text((ROOT / "examples/boolean7.toml").read_text())
     cfg = tomllib.loads(path.read_text())
     out = tmp_path / "out"
     assert main(["experiment", "flatness-vs-volume", str(path), "--out", str(out), "--quiet"]) == 0

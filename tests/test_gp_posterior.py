@@ -55,15 +55,25 @@ def test_expected_error_against_rejection_sampling():
     assert res.expected_error == pytest.approx(err, abs=0.02)
 
 
+def _bound_decimal(log_p_u: float, m: int, delta: float) -> float:
+    """Independent reference: the bound's direct form, 1 - (P(U) delta / 2m)^(1/(m-1)), in
+    60-digit decimal arithmetic (no underflow), from -ln(1 - eps) = (ln 1/P(U) + ln 2m/delta)/(m-1)."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 60
+    p_u = Decimal(log_p_u).exp()
+    return float(1 - (p_u * Decimal(delta) / (2 * m)) ** (Decimal(1) / (m - 1)))
+
+
 def test_pac_bayes_bound_in_log_space():
-    for p_u, m in ((0.3, 10), (1e-5, 100), (1e-100, 1000)):
-        assert pac_bayes_bound_log(math.log(p_u), m) == pytest.approx(pac_bayes_bound(p_u, m), rel=1e-12)
-    # P(U) below the smallest double still gives a bound below 1
-    assert pac_bayes_bound_log(-5000.0, 10000) < 0.5
-    assert pac_bayes_bound_log(-math.inf, 10) == 1.0
+    for log_p_u, m, delta in ((math.log(0.3), 10, 0.05), (math.log(1e-5), 100, 0.05), (-230.0, 1000, 0.01),
+                              (-5000.0, 10000, 0.05), (-1e5, 200000, 0.1)):  # the last two: P(U) < 1e-308
+        assert pac_bayes_bound_log(log_p_u, m, delta) == pytest.approx(_bound_decimal(log_p_u, m, delta), rel=1e-12)
+    assert pac_bayes_bound(1e-5, 100) == pytest.approx(_bound_decimal(math.log(1e-5), 100, 0.05), rel=1e-12)
+    assert pac_bayes_bound_log(-math.inf, 10) == 1.0 and pac_bayes_bound(0.0, 10) == 1.0
     K = _kernel(10)
     res = gp_posterior(K, np.arange(6), np.ones(6, int), np.ones(10, int), delta=0.1)
-    assert res.pac_bayes_bound == pytest.approx(pac_bayes_bound(math.exp(res.log_p_u), 6, 0.1))
+    assert res.pac_bayes_bound == pytest.approx(_bound_decimal(res.log_p_u, 6, 0.1), rel=1e-12)
 
 
 def test_bad_training_sets():

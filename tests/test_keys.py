@@ -49,7 +49,7 @@ def test_parse_text_and_hex():
     assert np.array_equal(parse_function(lab.tolist(), 9), lab)
 
 
-@pytest.mark.parametrize("bad,msg", [("0110", "length"), ("011020000", "characters"), ("0x" + "ff" * 3, "length"),
+@pytest.mark.parametrize("bad,msg", [("0110", "length"), ("011020000", "characters"), ("0x" + "ff" * 3, "has 6 hex digits"),
                                      ("0xff81", "bits set beyond")])
 def test_parse_errors(bad, msg):
     with pytest.raises(FunctionError, match=msg):

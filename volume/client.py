@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import httpx
 
 from volume.estimate import PosteriorResult, PriorEstimate
+from volume.frames import Estimates
 
 TOKEN_ENV = "VOLUME_TOKEN"
 
@@ -177,7 +178,7 @@ class VolumeClient:
         '0'/'1' strings or hex keys (0x...)."""
         rows = self._request("POST", f"/tables/{name}/prior",
                              json={"functions": list(functions), "confidence": confidence})
-        return [PriorEstimate(**r) for r in rows]
+        return Estimates(PriorEstimate(**r) for r in rows)
 
     def posterior(self, name: str, train_indices: Sequence[int] | str, train_labels: str | Sequence[int] | None = None,
                   target: str | None = None, *, confidence: float = 0.95, delta: float = 0.05,
@@ -193,7 +194,7 @@ class VolumeClient:
     def top(self, name: str, k: int = 10, confidence: float = 0.95) -> list[PriorEstimate]:
         """GET /tables/NAME/top?k=K: the k most frequent functions with their estimates."""
         rows = self._request("GET", f"/tables/{name}/top", params={"k": k, "confidence": confidence})
-        return [PriorEstimate(**r) for r in rows]
+        return Estimates(PriorEstimate(**r) for r in rows)
 
     def submit(self, table: str, draws: int, spec: dict | None = None, add: bool = False) -> JobStatus:
         """POST /jobs: sample until ``table`` holds ``draws`` draws (or ``draws`` more with

@@ -15,5 +15,11 @@ class TableError(VolumeError):
     """A table file is corrupt, or tables that cannot be combined were combined."""
 
 
+class Interrupted(VolumeError):
+    """A run stopped by Ctrl-C or SIGTERM; the message says what was saved (exit status 130)."""
+
+    exit_status = 130
+
+
 class FunctionError(VolumeError):
     """A function (labels, '0'/'1' string or hex key) does not fit the input set."""

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Iterable
 
 import numpy as np
-from scipy.stats import norm
 
+from volume.checks import training_indices
 from volume.errors import FunctionError, VolumeError
+from volume.frames import Estimates, to_dataframe
 from volume.keys import key_to_hex, labels_to_text, lz_complexity, parse_function, unpack_keys
 from volume.table import FrequencyTable
 
@@ -48,7 +50,7 @@ def wilson_interval(count: int | np.ndarray, n: int, confidence: float = 0.95) -
     if n <= 0:
         raise VolumeError("an interval needs n >= 1 samples; the table is empty: sample first")
     k = np.asarray(count, dtype=np.float64)
-    z = norm.ppf(1 - (1 - confidence) / 2)
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)  # stdlib: the client needs no scipy
     p = k / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -89,26 +91,27 @@ class PriorEstimate:
         return asdict(self)
 
 
-def prior_estimates(table: FrequencyTable, functions: Iterable, confidence: float = 0.95) -> list[PriorEstimate]:
-    """P(f) with Wilson intervals for functions given as label vectors, text or hex."""
+def prior_estimates(table: FrequencyTable, functions: Iterable, confidence: float = 0.95) -> Estimates:
+    """P(f) with Wilson intervals for functions given as label vectors, text or hex (a list
+    with ``to_dataframe()``)."""
     n = table.n_samples
     labels = [parse_function(f, table.n_inputs, table.classes) for f in functions]
     if not labels:
-        return []
+        return Estimates()
     stacked = np.stack(labels)
     counts = table.lookup_keys(table.keys_of(stacked))
     lo, hi = wilson_interval(counts, n, confidence)
-    return [
+    return Estimates([
         PriorEstimate(
             function=labels_to_text(lab), hex=key_to_hex(table.keys_of([lab])[0]), count=int(c), n_samples=n,
             p=float(c) / n, lower=float(l), upper=float(h), confidence=confidence, seen=bool(c > 0),
             lz_complexity=lz_complexity(lab),
         )
         for lab, c, l, h in zip(stacked, counts, np.atleast_1d(lo), np.atleast_1d(hi))
-    ]
+    ])
 
 
-def top_estimates(table: FrequencyTable, k: int = 10, confidence: float = 0.95) -> list[PriorEstimate]:
+def top_estimates(table: FrequencyTable, k: int = 10, confidence: float = 0.95) -> Estimates:
     keys, _ = table.top(k)
     return prior_estimates(table, unpack_keys(keys, table.n_inputs, table.classes), confidence)
 
@@ -172,6 +175,15 @@ class PosteriorResult:
     pac_bayes_bound_conservative: float | None = None  # from the lower end of P(U)'s interval
     top: list[dict] = field(default_factory=list)  # most probable consistent functions
 
+    def to_dataframe(self, which: str = "error_distribution"):
+        """pandas DataFrame of the ``error_distribution`` (columns error, posterior: the posterior
+        mass of the consistent functions with that generalization error) or of the ``top``
+        consistent functions."""
+        if which not in ("error_distribution", "top"):
+            raise VolumeError(f"which = {which!r}: use 'error_distribution' or 'top'")
+        rows = getattr(self, which)
+        return to_dataframe(rows, columns=["error", "posterior"] if which == "error_distribution" and not rows else None)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -188,13 +200,7 @@ def _consistent(table: FrequencyTable, train_indices: np.ndarray, train_labels: 
 
 def check_training_set(table: FrequencyTable, train_indices, train_labels) -> tuple[np.ndarray, np.ndarray]:
     m = table.n_inputs
-    idx = np.asarray(train_indices, dtype=np.int64).ravel()
-    if idx.size == 0:
-        raise VolumeError("the training set is empty: give at least one training index")
-    if idx.min() < 0 or idx.max() >= m:
-        raise VolumeError(f"training indices must lie in 0..{m - 1} (the table has {m} inputs)")
-    if len(np.unique(idx)) != idx.size:
-        raise VolumeError("training indices must not repeat")
+    idx = training_indices(train_indices, m)
     lab = parse_function(train_labels, idx.size, table.classes) if isinstance(train_labels, str) else np.asarray(train_labels)
     if lab.shape != idx.shape:
         raise FunctionError(f"{lab.size} training labels given for {idx.size} training indices: give one label per index")

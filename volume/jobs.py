@@ -47,6 +47,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.runner import BlockAccumulator, block_source, missing_blocks, open_table, table_lock
 from volume.spec import ExperimentSpec
@@ -105,28 +106,104 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
     or joins ``RAY_ADDRESS`` when it is set (as under ``ray job submit``); ``"auto"``,
     ``"ray://host:port"`` or ``"host:port"`` join an existing cluster.
     """
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise VolumeError(f"workers = {workers!r} is invalid: give a positive integer (--workers)")
+    if workers is not None:
+        positive_int(workers, "workers (--workers)")
     local = _wants_local(address)
+    token_auth = False if local else use_token_auth()
     ray = import_ray(is_loopback_address(address))
     if ray.is_initialized():
         yield ray
         return
+    target = address or os.environ.get("RAY_ADDRESS")
+    handlers = _python_signal_handlers()
     try:
         if local:
             ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
                      log_to_driver=False, logging_level=logging.WARNING)
         else:
-            target = address or os.environ["RAY_ADDRESS"]
-            _check_reachable(target)
+            try:
+                _check_reachable(target)
+            except ConnectionError as e:
+                raise VolumeError(f"cannot connect to the Ray cluster at {target!r}: {e}; start one "
+                                  "(`ray start --head`), or leave out --address for a local instance") from None
             ray.init(address=target, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, ValueError) as e:
-        raise VolumeError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')!r}: {e}; "
-                          "start one (`ray start --head`), or leave out --address for a local instance") from None
+    except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as e:
+        if local:
+            raise VolumeError(f"cannot start a local Ray instance: {e}") from None
+        raise VolumeError(_refused_message(target, e, token_auth)) from None
+    finally:
+        _restore_signal_handlers(handlers)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def auth_token_available() -> bool:
+    """A Ray authentication token is at hand: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token (where `ray start --head` and `ray get-auth-token --generate` put it)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token").expanduser().is_file()
+
+
+def use_token_auth() -> bool:
+    """Before joining a cluster: Ray heads (2.60) started with `ray start --head` require token
+    authentication whenever a token exists, while a driver's mode defaults to 'disabled', so the
+    driver is refused. As Ray's own CLI does, turn token mode on for this process when
+    RAY_AUTH_MODE is unset and a token is available. True if token mode is on."""
+    mode = os.environ.get(AUTH_MODE_ENV)
+    if mode is not None:
+        return mode.lower() == "token"
+    if not auth_token_available():
+        return False
+    os.environ[AUTH_MODE_ENV] = "token"
+    if "ray" in sys.modules:  # Ray caches its configuration: refresh it (as ray's _enable_token_auth does)
+        with contextlib.suppress(Exception):
+            from ray._raylet import Config
+
+            Config.initialize("")
+    return True
+
+
+def _refused_message(target: str | None, error: Exception, token_auth: bool) -> str:
+    """Something answers at ``target`` (checked first) but Ray refused or failed the connection."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if token_auth:
+        auth = ("this process used token authentication (RAY_AUTH_MODE=token): check that its token (~/.ray/auth_token, "
+                "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) is the cluster's (`ray get-auth-token` on the head prints it)")
+    else:
+        auth = ("if the cluster uses token authentication (Ray 2.60's `ray start --head` turns it on when a token exists), set "
+                "RAY_AUTH_MODE=token and make its token available here (~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                "RAY_AUTH_TOKEN)")
+    return (f"cannot join the Ray cluster at {target!r}: a server answers there but the connection failed "
+            f"({first}); {auth}")
+
+
+_SIGNALS = ("SIGTERM", "SIGINT")
+
+
+def _python_signal_handlers() -> dict:
+    """The Python-level handlers of SIGTERM and SIGINT (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.getsignal(getattr(signal, s)) for s in _SIGNALS if callable(signal.getsignal(getattr(signal, s)))}
+
+
+def _restore_signal_handlers(handlers: dict) -> None:
+    """Reinstall the caller's handlers after ``ray.init``: Ray's driver installs a C++ handler
+    for SIGTERM that logs and aborts the process, which would skip the checkpoint that
+    ``volume sample`` writes on SIGTERM (`kill`, `ray job stop`, batch schedulers)."""
+    import signal
+
+    for name, handler in handlers.items():
+        signal.signal(getattr(signal, name), handler)
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

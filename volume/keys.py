@@ -112,8 +112,14 @@ def parse_function(function: str | np.ndarray | list, n_inputs: int, classes: in
         if labels.max(initial=0) >= classes or not np.array_equal(pack_labels(labels, classes)[0], key):
             raise FunctionError(f"hex key {s!r} has bits set beyond the {n_inputs} labels or labels >= {classes}")
         return labels
+    shown = f"{s[:40]!r}{'...' if len(s) > 40 else ''}"
+    if is_hex_prefixed:
+        bad = sorted(set(h) - set("0123456789abcdefABCDEF"))
+        what = f"has characters {bad} that are not hex digits" if bad else f"has {len(h)} hex digits"
+        raise FunctionError(f"hex key {shown} {what}: a function of {n_inputs} inputs is a hex key of exactly "
+                            f"{2 * kb} hex digits (after the '0x'), or {n_inputs} label characters from '{alphabet}'")
     raise FunctionError(
-        f"function {s[:40]!r}{'...' if len(s) > 40 else ''} has length {len(s)}: expected {n_inputs} label "
+        f"function {shown} has length {len(s)}: expected {n_inputs} label "
         f"characters from '{alphabet}' or a hex key of {2 * kb} hex digits"
     )
 

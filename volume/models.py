@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from volume.activations import ACTIVATIONS
 from volume.spec import CNN, FCN, ExperimentSpec
 
-_ACT = {"relu": torch.relu, "tanh": torch.tanh, "erf": torch.erf}
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def draw_params(spec: ExperimentSpec, layers: list[Layer], batch: int, generator
 
 def forward(spec: ExperimentSpec, layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Outputs (B, M, units) of B stacked networks on inputs x (M, *input_shape)."""
-    act = _ACT[spec.architecture.activation]
+    act = ACTIVATIONS[spec.architecture.activation].fn()
     batch = params["weight0"].shape[0]
     m = x.shape[0]
     h: torch.Tensor | None = None  # dense: (B, M, d); conv: (M, B*C, H, W)

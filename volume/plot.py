@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from volume.checks import output_path
 from volume.errors import VolumeError
 from volume.keys import lz_complexity, unpack_keys
 from volume.table import FrequencyTable
@@ -21,6 +22,13 @@ def rank_plot(table: FrequencyTable, path: str | Path, max_lz: int = 20000) -> N
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = output_path(path, "plot file")
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise VolumeError(f"plot file {str(path)!r}: unknown image format {path.suffix or '(no extension)'!r}; "
+                          f"end the name with one of {', '.join('.' + f for f in sorted(formats))}")
 
     ranks, freq = table.rank_frequency()
     keys, counts = table.top(max_lz)

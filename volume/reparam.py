@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from volume.activations import ACTIVATIONS
 from volume.errors import VolumeError
 from volume.spec import ExperimentSpec
 
@@ -53,9 +54,10 @@ def _copy(params: Params) -> Params:
 
 
 def _check_relu(spec: ExperimentSpec) -> None:
-    if spec.architecture.activation != "relu":
+    if not ACTIVATIONS[spec.architecture.activation].homogeneous:
+        ok = [a for a in ACTIVATIONS if ACTIVATIONS[a].homogeneous]
         raise VolumeError(f"architecture.activation = {spec.architecture.activation!r}: rescaling and "
-                          "normalisation keep the function only for 'relu' (positively homogeneous)")
+                          f"normalisation keep the function only for a positively homogeneous activation ({', '.join(ok)})")
 
 
 def _check_hidden(params: Params, layer: int) -> int:

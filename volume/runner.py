@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
-from volume.errors import TableError, VolumeError
-from volume.sampler import Sampler
+from volume.checks import output_path, positive_int
+from volume.errors import TableError
 from volume.spec import RANDOM_STREAM_VERSION, ExperimentSpec
 from volume.table import FrequencyTable, stream_mismatch
+from volume.threads import torch_threads
 
 
 def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: str = "cpu"):
@@ -34,13 +35,14 @@ def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: 
         from volume.train import TrainingRun
 
         return TrainingRun(spec)
+    from volume.sampler import Sampler
+
     kwargs = {"device": device} if sub_batch is None else {"device": device, "sub_batch": sub_batch}
     return Sampler(spec, **kwargs)
 
 
 def blocks_needed(spec: ExperimentSpec, n_draws: int) -> list[int]:
-    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
-        raise VolumeError(f"number of draws = {n_draws!r} is invalid: give a positive integer (-n)")
+    positive_int(n_draws, "number of draws (-n)")
     return list(range(math.ceil(n_draws / spec.block_size)))
 
 
@@ -108,24 +110,35 @@ class BlockAccumulator:
 def table_lock(path: str | Path | None):
     """Hold an exclusive lock on ``PATH.lock`` while a job writes the table at ``path``, so
     that two jobs never fold blocks into the same file (each would overwrite the other's
-    checkpoints). The lock is released when the holder exits, even if it is killed."""
+    checkpoints). The lock is released when the holder exits, even if it is killed; on a
+    clean exit the lock file is removed (while still held, and a waiter that opened the old
+    file checks the inode and retries, so two holders can never overlap)."""
     if path is None:
         yield
         return
     import fcntl
 
-    lock_path = Path(str(path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
+    lock_path = Path(str(output_path(path, "output table")) + ".lock")
+    while True:
+        fh = open(lock_path, "a")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            fh.close()
             raise TableError(f"another job is writing {str(path)!r} (it holds {str(lock_path)!r}): "
                              "wait for it to finish, or choose another output path") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        try:  # the holder before us may have removed the file after we opened it: lock the current one
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # removed while still locked, so no .lock file stays behind
+        fh.close()
 
 
 def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *,
@@ -133,26 +146,26 @@ def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None,
               on_block: Callable[[int], None] | None = None) -> FrequencyTable:
     """Draw the missing blocks of a job in this process and return the table (saved to
     ``out`` if given). ``on_block(draws)`` is called after each block (progress bars)."""
+    if out is not None:
+        output_path(out, "output table")  # before drawing anything
     table = open_table(spec, out)
     todo = missing_blocks(table, spec, n_draws)
     sampler = block_source(spec, sub_batch=sub_batch, device=device) if todo else None
     acc = BlockAccumulator(table, out, checkpoint_seconds)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread is as fast as two here, and much faster on a busy machine
     try:
-        for b in todo:
-            acc.add(b, sampler.keys(b))
-            if on_block is not None:
-                on_block(spec.block_size)
+        with torch_threads(1):  # one thread is as fast as two here, and much faster on a busy machine
+            for b in todo:
+                acc.add(b, sampler.keys(b))
+                if on_block is not None:
+                    on_block(spec.block_size)
     finally:
-        torch.set_num_threads(threads)
         table = acc.flush()
     return table
 
 
 def progress_bar(total: int, initial: int, enabled: bool = True, desc: str = "sampling"):
     """A tqdm bar over draws (rate in draws/s and ETA), or a no-op when disabled."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
 
     return tqdm(total=total, initial=initial, unit="draw", unit_scale=True, desc=desc, disable=not enabled,
                 dynamic_ncols=True, smoothing=0.1)

@@ -41,8 +41,10 @@ import numpy as np
 import torch
 
 from volume import fused, triton_stream
-from volume.errors import VolumeError
+from volume.activations import ACTIVATIONS
 from volume.basis import basis_layers, uses_basis
+from volume.checks import positive_int
+from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
 from volume.keys import pack_labels, unpack_keys
 from volume.models import Layer, forward, labels_from_outputs, layer_shapes, scale_params
@@ -59,7 +61,6 @@ BACKENDS = ("auto", "compiled", "torch")
 BACKEND_ENV = "VOLUME_BACKEND"
 STREAM_ENV = "VOLUME_STREAM"
 
-_ACT_ = {"relu": torch.Tensor.relu_, "tanh": torch.Tensor.tanh_, "erf": torch.Tensor.erf_}
 _NOTICE_GIVEN = False
 
 
@@ -124,9 +125,9 @@ class DenseStack:
         self.layers = layers
         self.m = x.shape[0]
         self.xt = x.reshape(self.m, -1).t().contiguous()  # (d, M)
-        self.act_ = _ACT_[spec.architecture.activation]
+        self.act_ = ACTIVATIONS[spec.architecture.activation].inplace()
         self.biased = spec.prior.sigma_b > 0
-        self.homogeneous = spec.architecture.activation == "relu" and not self.biased
+        self.homogeneous = ACTIVATIONS[spec.architecture.activation].homogeneous and not self.biased
         self.h = [torch.empty(max_batch, layer.weight_shape[0], self.m, dtype=x.dtype, device=x.device)
                   for layer in layers]
 
@@ -185,6 +186,19 @@ def auto_sub_batch(spec: ExperimentSpec, layers: list[Layer], input_shape: tuple
     return max(1, min(s, DEFAULT_SUB_BATCH, spec.block_size))
 
 
+def check_device(device: str) -> None:
+    """Refuse a device this machine does not have: 'cpu', or 'cuda'/'cuda:K' with K < the GPU count."""
+    name, _, index = str(device).partition(":")
+    if name == "cpu" and not index:
+        return
+    if name != "cuda" or (index and not index.isdigit()):
+        raise VolumeError(f"device {device!r} is unknown: use cpu, cuda or cuda:K")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(index or 0) >= count:
+        raise VolumeError(f"device {device!r} was asked for but this machine has {count} CUDA device(s): "
+                          "use --device cpu (the default)")
+
+
 class Sampler:
     """Evaluates blocks of one spec; holds the input set, layer shapes and buffers between blocks.
 
@@ -203,10 +217,9 @@ class Sampler:
         global _NOTICE_GIVEN
         if spec.training is not None:
             raise ValueError("this spec describes optimizer-found functions (spec.training); use volume.train")
-        if sub_batch is not None and (isinstance(sub_batch, bool) or not isinstance(sub_batch, int) or sub_batch < 1):
-            raise ValueError(f"sub_batch = {sub_batch!r}: give an integer >= 1, or None to choose it automatically")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} was asked for but CUDA is not available; use device='cpu'")
+        if sub_batch is not None:
+            positive_int(sub_batch, "sub_batch (--sub-batch; leave it out to choose it automatically)")
+        check_device(device)
         backend = resolve_backend(backend)
         self.spec = spec
         self.inputs = inputs if inputs is not None else load_inputs(spec.inputs)

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import math
 import re
 import threading
 import time
@@ -53,6 +52,7 @@ from ray import serve
 from volume import __version__
 from volume.client import TOKEN_ENV, JobStatus
 from volume.commands.core import parse_indices, resolve_target
+from volume.checks import json_safe
 from volume.errors import VolumeError
 from volume.estimate import entropy_bits, good_turing_unseen, posterior, prior_estimates, top_estimates
 from volume.keys import parse_function
@@ -90,18 +90,8 @@ def token_digest(token: str | None) -> str | None:
 
 
 def _plain(x: Any) -> Any:
-    """JSON-able copy: numpy scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(x, dict):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _plain(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    """JSON-able copy (``volume.checks.json_safe``)."""
+    return json_safe(x)
 
 
 # ---- tables -------------------------------------------------------------------------

@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from volume.activations import ACTIVATIONS as _ACTIVATION_TABLE
+from volume.checks import positive_int
 from volume.errors import VolumeError
 
-ACTIVATIONS = ("relu", "tanh", "erf")
+ACTIVATIONS = tuple(_ACTIVATION_TABLE)  # volume.activations is the one table
 PRIORS = ("gaussian", "uniform")
 ENCODINGS = ("01", "pm1")
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "digits")
@@ -53,8 +55,7 @@ def _choice(path: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _positive_int(path: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(path, value, f"must be an integer >= {minimum}")
+    positive_int(value, f"spec field '{path}'", minimum, SpecError)
 
 
 def _nonneg_float(path: str, value: Any, positive: bool = False) -> None:
@@ -367,16 +368,28 @@ class ExperimentSpec:
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentSpec":
-        """Read a spec from a .toml or .json file."""
+        """Read a spec from a .toml or .json file. A relative ``inputs.path`` is taken relative
+        to the spec file's directory (not the current one) and made absolute, so a spec works
+        from any working directory; the path is not part of ``spec_id``."""
         p = Path(path)
         if not p.is_file():
             raise SpecError(f"spec file {str(p)!r} does not exist: give the path of a .toml or .json spec (see examples/)")
         text = p.read_text()
         if p.suffix.lower() == ".json":
-            return cls.from_json(text)
-        if p.suffix.lower() == ".toml":
-            return cls.from_toml(text)
-        raise SpecError(f"spec file {str(p)!r}: unknown extension; use .toml or .json")
+            spec = cls.from_json(text)
+        elif p.suffix.lower() == ".toml":
+            spec = cls.from_toml(text)
+        else:
+            raise SpecError(f"spec file {str(p)!r}: unknown extension; use .toml or .json")
+        return spec.relative_to(p.parent)
+
+    def relative_to(self, base: str | Path) -> "ExperimentSpec":
+        """This spec with a relative ``inputs.path`` resolved against the directory ``base``."""
+        inputs = self.inputs
+        if not isinstance(inputs, ImageSubset) or not inputs.path or Path(inputs.path).expanduser().is_absolute():
+            return self
+        resolved = (Path(base) / inputs.path).resolve()
+        return self.replace(inputs=dataclasses.replace(inputs, path=str(resolved)))
 
     def save(self, path: str | Path) -> None:
         p = Path(path)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from volume.checks import training_indices
+from volume.errors import VolumeError
 from volume.flatness.objective import Objective
 from volume.inputs import InputSet, load_inputs, target_labels
 from volume.keys import key_to_hex, pack_labels
@@ -125,14 +127,10 @@ def training_data(spec: ExperimentSpec, inputs: InputSet) -> tuple[np.ndarray, n
     tr = spec.training
     if tr is None:
         raise SpecError("spec field 'training' is missing: optimizer-found functions need a [training] section")
-    if len(tr.train_indices) == 0:
-        raise SpecError("spec field 'training.train_indices' is empty: list the inputs of the training set")
-    idx = np.asarray(tr.train_indices, dtype=np.int64)
-    if idx.max() >= inputs.n_inputs:
-        raise SpecError(f"spec field 'training.train_indices' has {int(idx.max())} but the input set has "
-                        f"{inputs.n_inputs} inputs (0..{inputs.n_inputs - 1})")
-    if len(np.unique(idx)) != len(idx):
-        raise SpecError("spec field 'training.train_indices' repeats an index: each training input once")
+    try:
+        idx = training_indices(tr.train_indices, inputs.n_inputs, "spec field 'training.train_indices'")
+    except VolumeError as e:
+        raise SpecError(str(e)) from None
     if not tr.target:
         raise SpecError("spec field 'training.target' is empty: name the target rule, e.g. 'parity' or 'bits:0110...'")
     y = target_labels(inputs, tr.target, spec.output.classes)

@@ -7,43 +7,69 @@ import json
 
 import numpy as np
 
+from volume.commands import TRAIN_HELP, add_command
 from volume.errors import VolumeError
-from volume.estimate import entropy_bits, good_turing_unseen, posterior, prior_estimates, top_estimates
-from volume.table import FrequencyTable
+
+
+TABLE_HELP = "a table written by `volume sample` (.h5)"
+CONFIDENCE_HELP = "confidence level of the intervals (Wilson score; the one-sided bound for unseen functions)"
+JSON_HELP = "machine-readable output (JSON on stdout)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="summary of a table: spec, draws, distinct functions, most frequent functions")
-    p.add_argument("table")
+    p = add_command(sub, "info", "summary of a table: spec, draws, distinct functions, most frequent functions",
+                    "Also the Good-Turing unseen mass N1/N and the entropy of the functions drawn (plug-in and "
+                    "Miller-Madow), in bits.",
+                    ["volume info boolean7.h5", "volume info boolean7.h5 --top 20 --json"])
+    p.add_argument("table", help=TABLE_HELP)
     p.add_argument("--top", type=int, default=5, help="how many of the most frequent functions to list")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("prior", help="P(f) with its interval for functions ('0'/'1' strings or hex keys)")
-    p.add_argument("table")
-    p.add_argument("functions", nargs="+", help="functions: one label character per input, or hex (0x...)")
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--json", action="store_true")
+    p = add_command(sub, "prior", "P(f) with its interval for functions ('0'/'1' strings or hex keys)",
+                    "P(f) = n_f / N with a Wilson interval; for a function never drawn, 0 and the upper bound "
+                    "1 - (1 - confidence)^(1/N) (about 3/N at 95%).",
+                    ["volume prior boolean7.h5 " + "0" * 16 + "...  (128 characters, one per input)",
+                     "volume prior boolean7.h5 0x" + "00" * 15 + "ff --json"])
+    p.add_argument("table", help=TABLE_HELP)
+    p.add_argument("functions", nargs="+",
+                   help="functions: one label character per input (input order as in --train of `volume posterior`), "
+                        "or a hex key 0x... (the labels packed 8 to a byte, first input in the top bit)")
+    p.add_argument("--confidence", type=float, default=0.95, help=CONFIDENCE_HELP)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_prior)
 
-    p = sub.add_parser("posterior", help="zero-error posterior on a training set and the Bayesian generalization error")
-    p.add_argument("table")
-    p.add_argument("--train", default=None, help="training input indices: '0-63' or '0,5,9' or a mix")
+    p = add_command(sub, "posterior", "zero-error posterior on a training set and the Bayesian generalization error",
+                    "U(S) is the set of functions that agree with the training set S. Reports P(U) with its "
+                    "interval, P(f|S) = n_f/n_U of the most probable consistent functions, and with a target the "
+                    "posterior-mean generalization error on the inputs outside S (with its standard error and "
+                    "distribution) and the PAC-Bayes bound of Valle-Perez et al. (2019).",
+                    ["volume posterior boolean7.h5 --train 0-63 --target parity",
+                     "volume posterior boolean7.h5 --train-size 32 --train-seed 1 --target majority --json",
+                     "volume posterior digits.h5 --train 0-19 --target ge5",
+                     "volume posterior boolean7.h5 --train 0-7 --labels 00010111"])
+    p.add_argument("table", help=TABLE_HELP)
+    p.add_argument("--train", default=None, help=TRAIN_HELP)
     p.add_argument("--train-size", type=int, default=None, help="instead of --train: a random training set of this size")
-    p.add_argument("--train-seed", type=int, default=0, help="seed of the random training set")
-    p.add_argument("--labels", default=None, help="training labels, one character per training index")
+    p.add_argument("--train-seed", type=int, default=0, help="seed of the random training set of --train-size")
+    p.add_argument("--labels", default=None, help="training labels, one character per training index (else from --target)")
     p.add_argument("--target", default=None,
-                   help="target function on all inputs: a rule (parity, majority, bit:i, ge5, even, class:k) or a "
-                        "'0'/'1' string / 0x-hex; gives the training labels and the generalization error")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--delta", type=float, default=0.05, help="PAC-Bayes confidence parameter")
-    p.add_argument("--json", action="store_true")
+                   help="target function on all inputs: a rule (Boolean: parity, majority, bit:i; images: ge5, even, "
+                        "class:k; both: zero, one), a '0'/'1' string, a 0x-hex key, or @FILE holding one of these; "
+                        "gives the training labels and the generalization error")
+    p.add_argument("--top", type=int, default=5, help="how many of the most probable consistent functions to list")
+    p.add_argument("--confidence", type=float, default=0.95, help=CONFIDENCE_HELP + " of P(U)")
+    p.add_argument("--delta", type=float, default=0.05, help="PAC-Bayes confidence parameter (the bound holds "
+                                                              "with probability 1 - delta)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_posterior)
 
-    p = sub.add_parser("plot", help="rank plot (P(f) against rank, log-log) and P(f) against LZ complexity")
-    p.add_argument("table")
-    p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
+    p = add_command(sub, "plot", "rank plot (P(f) against rank, log-log) and P(f) against LZ complexity",
+                    "The image format follows the file name's extension (.png, .pdf, .svg ...); the directory "
+                    "must exist.",
+                    ["volume plot boolean7.h5 -o rank.png", "volume plot boolean7.h5 -o rank.pdf --max-lz 5000"])
+    p.add_argument("table", help=TABLE_HELP)
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg, ...)")
     p.add_argument("--max-lz", type=int, default=20000, help="plot LZ complexity of at most this many most frequent functions")
     p.set_defaults(func=cmd_plot)
 
@@ -69,15 +95,11 @@ def parse_indices(text: str, n_inputs: int) -> np.ndarray:
     return idx
 
 
-def resolve_target(table: FrequencyTable, target: str) -> np.ndarray:
-    """A target given as a rule of ``volume.inputs.target_labels`` or as a function."""
-    from volume.inputs import load_inputs, target_labels
-    from volume.keys import parse_function
+def resolve_target(table, target: str) -> np.ndarray:
+    """A target of a table's input set, rule or function (``volume.inputs.resolve_labels``)."""
+    from volume.inputs import resolve_labels
 
-    m, k = table.n_inputs, table.classes
-    if target.lower().startswith("0x") or not (set(target) - set("0123456789abcdefghijklmnopqrstuvwxyz"[:k])):
-        return parse_function(target, m, k)
-    return target_labels(load_inputs(table.spec.inputs), target, k)
+    return resolve_labels(target, table.spec, table.classes)
 
 
 def _print_estimates(rows, as_json: bool) -> None:
@@ -91,6 +113,9 @@ def _print_estimates(rows, as_json: bool) -> None:
 
 
 def cmd_info(args) -> int:
+    from volume.estimate import entropy_bits, good_turing_unseen, top_estimates
+    from volume.table import FrequencyTable
+
     table = FrequencyTable.load(args.table)
     info = table.info()
     if table.n_samples:
@@ -115,12 +140,18 @@ def cmd_info(args) -> int:
 
 
 def cmd_prior(args) -> int:
+    from volume.estimate import prior_estimates
+    from volume.table import FrequencyTable
+
     table = FrequencyTable.load(args.table)
     _print_estimates(prior_estimates(table, args.functions, args.confidence), args.json)
     return 0
 
 
 def cmd_posterior(args) -> int:
+    from volume.estimate import posterior
+    from volume.table import FrequencyTable
+
     table = FrequencyTable.load(args.table)
     if (args.train is None) == (args.train_size is None):
         raise VolumeError("give exactly one of --train INDICES or --train-size K")
@@ -130,7 +161,11 @@ def cmd_posterior(args) -> int:
         if not 1 <= args.train_size < table.n_inputs:
             raise VolumeError(f"--train-size must lie in 1..{table.n_inputs - 1}")
         idx = np.sort(np.random.default_rng(args.train_seed).choice(table.n_inputs, args.train_size, replace=False))
-    target = resolve_target(table, args.target) if args.target else None
+    target = None
+    if args.target:
+        from volume.inputs import resolve_labels
+
+        target = resolve_labels(args.target, table.spec, table.classes, allow_file=True)
     if args.labels is not None:
         labels = args.labels
     elif target is not None:
@@ -156,6 +191,7 @@ def cmd_posterior(args) -> int:
 
 def cmd_plot(args) -> int:
     from volume.plot import rank_plot
+    from volume.table import FrequencyTable
 
     table = FrequencyTable.load(args.table)
     rank_plot(table, args.output, max_lz=args.max_lz)

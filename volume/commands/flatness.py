@@ -6,13 +6,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from volume.commands import add_command
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("experiment", help="run a packaged experiment")
-    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
+    p = add_command(subparsers, "experiment", "run a packaged experiment",
+                    "flatness-vs-volume is the one packaged experiment; `volume experiment flatness-vs-volume -h` "
+                    "describes it.", ["volume experiment flatness-vs-volume examples/flatness_small.toml"])
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", help="the experiment to run")
     sub.required = True
-    f = sub.add_parser("flatness-vs-volume",
-                       help="train networks, measure flatness and log P(f) at the minima, alpha-rescale, correlate")
+    f = add_command(sub, "flatness-vs-volume",
+                    "train networks, measure flatness and log P(f) at the minima, alpha-rescale, correlate",
+                    "Writes results.csv (one row per trained network), correlations.csv (Kendall and Spearman of "
+                    "each measure with the test error, before and after rescaling), plots and summary.json to --out.",
+                    ["volume experiment flatness-vs-volume examples/flatness_small.toml --out results/small",
+                     "volume experiment flatness-vs-volume examples/flatness.toml --quiet"])
     f.add_argument("config", help="experiment TOML (examples/flatness.toml, examples/flatness_small.toml)")
     f.add_argument("--out", default=None, help="output directory (default: results/<config name>)")
     f.add_argument("--quiet", action="store_true", help="print only the summary")

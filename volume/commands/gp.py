@@ -7,6 +7,7 @@ import functools
 import json
 import math
 
+from volume.commands import TRAIN_HELP, add_command
 from volume.errors import VolumeError
 from volume.spec import ExperimentSpec
 
@@ -36,39 +37,58 @@ def _map_fn(args):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    gp = sub.add_parser("gp", help="GP (NNGP kernel + expectation propagation) estimates of log P(f)")
-    gsub = gp.add_subparsers(dest="gp_command", metavar="GP_COMMAND")
+    gp = add_command(sub, "gp", "GP (NNGP kernel + expectation propagation) estimates of log P(f)",
+                     "For input sets too large to count functions on: the network's Gaussian-process limit gives "
+                     "P(f) = P(sign z = f), z ~ N(0, K), estimated by expectation propagation.",
+                     ["volume gp logp examples/digits.toml --labels ge5", "volume gp kernel examples/digits.toml -o K.h5",
+                      "volume gp posterior examples/digits.toml --train 0-99 --target ge5"])
+    gsub = gp.add_subparsers(dest="gp_command", metavar="GP_COMMAND", help="what to estimate")
     gsub.required = True
 
-    p = gsub.add_parser("logp", help="log P(f) of a labelling of the spec's inputs by EP")
+    p = add_command(gsub, "logp", "log P(f) of a labelling of the spec's inputs by EP",
+                    "Optionally corrected by importance sampling with the EP posterior as proposal (with its "
+                    "standard error and effective sample size).",
+                    ["volume gp logp examples/boolean7.toml --labels parity",
+                     "volume gp logp examples/mnist1000.toml --labels ge5 --importance-samples 2000",
+                     "volume gp logp examples/digits.toml --labels @labels.txt --kernel-file K.h5 --json"])
     p.add_argument("spec", help="spec file (.toml or .json)")
     p.add_argument("--labels", required=True,
                    help="'0'/'1' string (one per input), hex key (0x...), target rule (parity, ge5, ...) or @FILE")
-    p.add_argument("--likelihood", choices=("heaviside", "probit"), default="heaviside")
+    p.add_argument("--likelihood", choices=("heaviside", "probit"), default="heaviside",
+                   help="EP site likelihood: the step function of P(sign z = f), or a probit")
     p.add_argument("--importance-samples", type=int, default=0, help="importance-sampling correction with N samples")
     p.add_argument("--seed", type=int, default=0, help="seed of the importance samples")
     _kernel_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_logp)
 
-    p = gsub.add_parser("kernel", help="compute the kernel of a spec and write it to HDF5")
-    p.add_argument("spec")
+    p = add_command(gsub, "kernel", "compute the kernel of a spec and write it to HDF5",
+                    "Reuse it with --kernel-file; the file records the spec and is refused for another.",
+                    ["volume gp kernel examples/mnist1000.toml -o K.h5",
+                     "volume gp kernel SPEC --kernel empirical --kernel-samples 100000 --ray --address auto -o K.h5"])
+    p.add_argument("spec", help="spec file (.toml or .json)")
     p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
-    p.add_argument("--kernel", choices=("analytic", "empirical"), default="analytic")
+    p.add_argument("--kernel", choices=("analytic", "empirical"), default="analytic",
+                   help="analytic NNGP (FCN, relu/erf) or Monte-Carlo empirical kernel (any spec)")
     p.add_argument("--kernel-samples", type=int, default=1024, help="networks for the empirical kernel")
     p.add_argument("--seed", type=int, default=None, help="seed of the empirical kernel's networks (default: spec.seed)")
     _ray_args(p)
     p.set_defaults(func=cmd_kernel)
 
-    p = gsub.add_parser("posterior", help="GP P(U) on a training set, predictions, generalization error, PAC-Bayes bound")
-    p.add_argument("spec")
-    p.add_argument("--train", required=True, help="training input indices: '0-63' or '0,5,9' or a mix")
+    p = add_command(gsub, "posterior", "GP P(U) on a training set, predictions, generalization error, PAC-Bayes bound",
+                    "P(U) = P(sign z_S = f_S) by EP on the training inputs; predictions on the others from the EP "
+                    "posterior; the expected error against --target and the PAC-Bayes bound from ln P(U).",
+                    ["volume gp posterior examples/mnist1000.toml --train 0-499 --target ge5",
+                     "volume gp posterior examples/boolean7.toml --train 0-63 --target @target.txt --json"])
+    p.add_argument("spec", help="spec file (.toml or .json)")
+    p.add_argument("--train", required=True, help=TRAIN_HELP)
     p.add_argument("--target", required=True,
                    help="target labelling of all inputs (rule, '0'/'1' string, hex or @FILE); gives the training labels")
-    p.add_argument("--likelihood", choices=("heaviside", "probit"), default="heaviside")
+    p.add_argument("--likelihood", choices=("heaviside", "probit"), default="heaviside",
+                   help="EP site likelihood: the step function of P(sign z = f), or a probit")
     p.add_argument("--delta", type=float, default=0.05, help="PAC-Bayes confidence parameter")
     _kernel_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_posterior)
 
 
@@ -85,13 +105,15 @@ def _kernel(args, spec: ExperimentSpec, inputs):
 
 def cmd_logp(args) -> int:
     from volume.gp.estimate import log_prior
-    from volume.inputs import load_inputs
+    from volume.inputs import load_inputs, resolve_labels
 
     spec = ExperimentSpec.load(args.spec)
     if args.importance_samples < 0:
         raise VolumeError("--importance-samples must be >= 0")
-    K = _kernel(args, spec, load_inputs(spec.inputs)) if args.kernel_file else None
-    res = log_prior(spec, args.labels, likelihood=args.likelihood, importance_samples=args.importance_samples,
+    inputs = load_inputs(spec.inputs)
+    labels = resolve_labels(args.labels, inputs, allow_file=True)
+    K = _kernel(args, spec, inputs) if args.kernel_file else None
+    res = log_prior(spec, labels, likelihood=args.likelihood, importance_samples=args.importance_samples,
                     seed=args.seed, kernel=args.kernel, kernel_matrix=K, kernel_samples=args.kernel_samples,
                     map_fn=_map_fn(args))
     if args.json:
@@ -127,13 +149,12 @@ def cmd_kernel(args) -> int:
 
 def cmd_posterior(args) -> int:
     from volume.commands.core import parse_indices
-    from volume.gp.estimate import resolve_labels
     from volume.gp.posterior import gp_posterior
-    from volume.inputs import load_inputs
+    from volume.inputs import load_inputs, resolve_labels
 
     spec = ExperimentSpec.load(args.spec)
     inputs = load_inputs(spec.inputs)
-    target = resolve_labels(args.target, inputs)
+    target = resolve_labels(args.target, inputs, allow_file=True)
     train = parse_indices(args.train, inputs.n_inputs)
     res = gp_posterior(_kernel(args, spec, inputs), train, target[train], target,
                        likelihood=args.likelihood, delta=args.delta)

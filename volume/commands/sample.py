@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import threading
+from pathlib import Path
 
-from volume.runner import missing_blocks, open_table, progress_bar, run_local, table_lock
+from volume.commands import add_command
+from volume.errors import Interrupted
 from volume.spec import ExperimentSpec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="sample the prior over functions into a table",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "sample", "sample the prior over functions into a table", __doc__.split("\n", 2)[2],
+                    ["volume sample examples/boolean7.toml -n 1000000 -o boolean7.h5",
+                     "volume sample examples/boolean7.toml -n 2000000 -o boolean7.h5          # extend to 2M draws",
+                     "volume sample examples/digits.toml -n 100000 -o digits.h5 --in-process",
+                     "volume sample examples/boolean7.toml -n 100000000 -o b7.h5 --address auto"])
     p.add_argument("spec", help="experiment spec (.toml or .json), e.g. examples/boolean7.toml")
     p.add_argument("-n", "--draws", type=int, required=True,
                    help="total draws the table should hold (rounded up to whole blocks); rerun to resume")
@@ -34,8 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", choices=("actors", "tasks"), default="actors",
                    help="long-lived actors keeping their buffers (default, faster for long jobs) or one Ray task per "
                         "block; same table either way")
-    p.add_argument("--sub-batch", type=int, default=None, help="draws per forward pass (memory/speed only; never changes results)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--sub-batch", type=int, default=None,
+                   help="draws per forward pass (memory/speed only; never changes results; default: chosen to fit "
+                        "the cache)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
     p.add_argument("--backend", choices=("auto", "compiled", "torch"), default=None,
                    help="auto (default): the compiled kernel where it applies and is built, else PyTorch; compiled; "
                         "torch (the reference path). Same draws either way; labels agree except within float32 "
@@ -46,15 +55,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def target_draws(spec: ExperimentSpec, args: argparse.Namespace) -> int:
+    from volume.runner import open_table
+
     if args.add:
         return open_table(spec, args.output).n_samples + args.draws
     return args.draws
 
 
+def _terminate(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the checkpoint finish
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
+    """Sample, saving what is counted when interrupted: SIGTERM (`kill`, `ray job stop`, batch
+    schedulers) is handled as Ctrl-C is, and either way the message says how many draws the
+    table holds and that rerunning the command resumes."""
     if args.backend is not None:  # read by every Sampler, in this process and in the workers it starts
         os.environ["VOLUME_BACKEND"] = args.backend
     spec = ExperimentSpec.load(args.spec)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return _sample(spec, args)
+    except KeyboardInterrupt:
+        from volume.table import FrequencyTable
+
+        saved = FrequencyTable.load(args.output) if Path(args.output).is_file() else None
+        held = (f"{args.output} holds {saved.n_samples} draws ({len(saved.blocks)} blocks), all counted so far"
+                if saved is not None else f"nothing was saved to {args.output}")
+        raise Interrupted(f"interrupted: {held}; rerun the same command to resume") from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sample(spec: ExperimentSpec, args: argparse.Namespace) -> int:
+    from volume.runner import missing_blocks, open_table, progress_bar, run_local, table_lock
+
     n = target_draws(spec, args)
     table = open_table(spec, args.output)
     todo = missing_blocks(table, spec, n)

@@ -14,16 +14,17 @@ import signal
 import time
 from pathlib import Path
 
-from volume.client import TOKEN_ENV
+from volume.commands import add_command
 from volume.errors import VolumeError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the query service over a directory of tables",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "serve", "run the query service over a directory of tables", __doc__.split("\n", 2)[2],
+                    ["volume serve --tables tables/", "VOLUME_TOKEN=... volume serve --tables tables/ --port 8080",
+                     "VOLUME_TOKEN=... volume serve --tables /data/tables --host 0.0.0.0 --address auto --replicas 2"])
     p.add_argument("--tables", required=True, help="directory of tables (NAME.h5); jobs create tables here")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs VOLUME_TOKEN)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--address", default=None, help="Ray cluster (auto, ray://HOST:10001); default a local instance")
     p.add_argument("--replicas", type=int, default=1, help="ingress replicas (lookups); jobs run in one runner")
     p.add_argument("--data-dir", default=None, help="directory image specs may read their inputs from")
@@ -38,6 +39,7 @@ def _interrupt(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
+    from volume.client import TOKEN_ENV
     from volume.jobs import is_loopback_host, ray_session
 
     token = os.environ.get(TOKEN_ENV) or None

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from volume.checks import positive_int
 from volume.errors import VolumeError
-from volume.spec import ExperimentSpec, ImageSubset, Training
+from volume.spec import ExperimentSpec, Training
 
 VOLUME_METHODS = ("table", "gp")
 
@@ -50,9 +51,10 @@ def _build(path: str, cls, d: Any):
 
 
 def _positive(path: str, v: Any, integer: bool = True) -> None:
-    ok = (isinstance(v, int) and not isinstance(v, bool)) if integer else isinstance(v, (int, float))
-    if not ok or not math.isfinite(v) or v <= 0:
-        raise _err(path, v, f"must be a positive {'integer' if integer else 'number'}")
+    if integer:
+        positive_int(v, f"experiment config field '{path}'")
+    elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        raise _err(path, v, "must be a positive number")
 
 
 @dataclass(frozen=True)
@@ -192,11 +194,9 @@ def _system(i: int, d: Any, base: Path) -> System:
     if isinstance(spec_d, str):
         spec = ExperimentSpec.load(base / spec_d)
     elif isinstance(spec_d, dict):
-        spec = ExperimentSpec.from_dict(spec_d)
+        spec = ExperimentSpec.from_dict(spec_d).relative_to(base)  # a spec file resolves its own path
     else:
         raise _err(f"{path}.spec", spec_d, "a spec file path or an inline table")
-    if isinstance(spec.inputs, ImageSubset) and spec.inputs.path and not Path(spec.inputs.path).is_absolute():
-        spec = spec.replace(inputs=dataclasses.replace(spec.inputs, path=str((base / spec.inputs.path).resolve())))
     spec = spec.replace(training=None)
     _positive(f"{path}.train_size", d["train_size"])
     if d["train_size"] >= spec.n_inputs:

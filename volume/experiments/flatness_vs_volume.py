@@ -31,15 +31,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from scipy import stats
 
+from volume.errors import VolumeError
 from volume.experiments.config import VOLUME_METHODS, FlatnessConfig, System
 from volume.experiments.measures import MEASURE_NAMES, local_energy_names, measure
 from volume.experiments.volumes import GPVolume, prior_table, table_log_prior
 from volume.inputs import load_inputs
 from volume.keys import labels_to_hex
 from volume.reparam import alpha_rescale
+from volume.threads import torch_threads
 from volume.train import TrainingRun
 
 
@@ -156,6 +157,20 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def read_results(out: str | Path, which: str = "results"):
+    """The rows an experiment wrote to ``out`` as a pandas DataFrame: ``results`` (one row per
+    trained network: measures before and after rescaling, volumes, test error) or
+    ``correlations`` (Kendall/Spearman of each measure with the test error)."""
+    if which not in ("results", "correlations"):
+        raise VolumeError(f"which = {which!r}: use 'results' or 'correlations'")
+    path = Path(out) / f"{which}.csv"
+    if not path.is_file():
+        raise VolumeError(f"{str(path)!r} does not exist: run the experiment with --out {out} first")
+    from volume.frames import pandas
+
+    return pandas().read_csv(path)
+
+
 def run(config: FlatnessConfig, out: str | Path, *, log: Callable[[str], None] = print) -> dict:
     """Run the whole experiment and write its outputs to ``out``; returns the summary."""
     from volume.experiments.plots import plot_system
@@ -164,15 +179,11 @@ def run(config: FlatnessConfig, out: str | Path, *, log: Callable[[str], None] =
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows, notes = [], []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         for k, system in enumerate(config.systems):
             r, n = run_system(k, system, config, log)
             rows += r
             notes += n
-    finally:
-        torch.set_num_threads(threads)
     cols = measure_columns(config)
     corr = correlations(rows, cols)
     write_csv(out / "results.csv", rows)

@@ -39,6 +39,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch.func import grad, jvp, vjp, vmap
 
+from volume.checks import finite_params
 from volume.errors import VolumeError
 from volume.flatness.hutchinson import frobenius_squared, hutchinson_trace
 from volume.flatness.lanczos import lanczos_top, power_iteration
@@ -56,6 +57,7 @@ class HessianOperator:
         theta = torch.as_tensor(theta).detach().reshape(-1)
         if theta.numel() != objective.n_params:
             raise VolumeError(f"theta has {theta.numel()} entries; the network has {objective.n_params}")
+        finite_params(theta)
         if mode not in ("reverse", "forward"):
             raise VolumeError(f"mode {mode!r} is unknown: use 'reverse' (cached vjp of the gradient) or 'forward' (jvp)")
         self.objective = objective
@@ -113,8 +115,11 @@ def lambda_max(op: HessianOperator, *, method: str = "lanczos", tol: float = 1e-
         ncv = None if ncv is None else min(ncv, op.size)
         return float(lanczos_top(op.linear_operator(), k=1, tol=tol, maxiter=maxiter, ncv=ncv, seed=seed)[0][0])
     if method == "power":
-        return float(power_iteration(op.matvec, op.size, tol=tol, maxiter=maxiter or 1000, seed=seed,
-                                     dtype=op.objective.dtype).value)
+        res = power_iteration(op.matvec, op.size, tol=tol, maxiter=maxiter or 1000, seed=seed, dtype=op.objective.dtype)
+        if not res.converged:
+            raise VolumeError(f"power iteration did not converge to tol={tol} in {res.iterations} steps (last Rayleigh "
+                              f"quotient {res.value:.6g}): raise maxiter or tol, or use method='lanczos'")
+        return res.value
     raise VolumeError(f"method {method!r} is unknown: use 'lanczos' or 'power'")
 
 

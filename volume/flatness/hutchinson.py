@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from volume.errors import VolumeError
+from volume.checks import positive_int
 
 MatMat = Callable[[torch.Tensor], torch.Tensor]
 
@@ -33,8 +33,8 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
 
 
 def _samples(matmat: MatMat, n: int, samples: int, seed: int, batch: int, dtype, kind: str, stat) -> np.ndarray:
-    if samples < 1 or batch < 1:
-        raise VolumeError(f"samples = {samples}, batch = {batch}: both must be >= 1")
+    positive_int(samples, "samples")
+    positive_int(batch, "batch")
     rng = np.random.default_rng(seed)
     out = []
     for start in range(0, samples, batch):

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from volume.checks import finite_params, positive_int
 from volume.errors import VolumeError
 
 
@@ -43,9 +44,10 @@ def local_energy(errors: Callable[[torch.Tensor], torch.Tensor], theta: torch.Te
     sig = np.asarray(list(sigmas), dtype=np.float64).reshape(-1)
     if sig.size == 0 or np.any(sig < 0) or not np.all(np.isfinite(sig)):
         raise VolumeError(f"local energy sigmas = {sigmas!r}: give finite values >= 0 (noise std relative to |theta|)")
-    if draws < 2 or batch < 1:
-        raise VolumeError(f"local energy draws = {draws}, batch = {batch}: need draws >= 2 and batch >= 1")
+    positive_int(draws, "local energy draws", minimum=2)
+    positive_int(batch, "local energy batch")
     theta = torch.as_tensor(theta).detach().reshape(-1)
+    finite_params(theta)
     base = float(errors(theta[None])[0])
     rise = np.empty((sig.size, draws))
     for start in range(0, draws, batch):

@@ -50,6 +50,8 @@ import torch
 from scipy.linalg import cho_solve, solve_triangular
 from scipy.special import erfcx, log_ndtr
 
+from volume.checks import positive_int
+from volume.threads import torch_threads
 from volume.errors import FunctionError, VolumeError
 from volume.gp.kernels import KernelError
 
@@ -98,14 +100,8 @@ def check_kernel(K) -> np.ndarray:
 def blas_threads(m: int):
     """One torch thread for matrices below SMALL_MATRIX rows: measured here, threaded LAPACK on
     a 128 x 128 Cholesky + triangular solve was ~100x slower than one thread (2 busy cores)."""
-    old = torch.get_num_threads()
-    if m < SMALL_MATRIX and old > 1:
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if m < SMALL_MATRIX else None):
         yield
-    finally:
-        if torch.get_num_threads() != old:
-            torch.set_num_threads(old)
 
 
 def cholesky_lower(A: np.ndarray) -> np.ndarray | None:
@@ -330,8 +326,7 @@ def importance_log_p(K, labels, ep: EPResult, n_samples: int, *, seed: int = 0,
     and log N(z; 0, K_j) - log q(z) = |eps|^2/2 - |u|^2/2 - sum log diag L_A: no second jitter,
     no inverse of K. Weights w = that ratio times prod t_i(z_i).
     """
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
-        raise VolumeError(f"importance_samples = {n_samples!r}: give an integer >= 2 (or 0 for none)")
+    positive_int(n_samples, "importance_samples (0 for none)", minimum=2)
     lab = check_labels(labels, np.asarray(K).shape[0])
     if ep.impossible:
         return ISResult(-math.inf, 0.0, 0.0, n_samples, 0.0)

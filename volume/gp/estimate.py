@@ -4,45 +4,29 @@
 given matrix), runs EP (``volume.gp.ep``) and optionally the importance-sampling correction,
 and returns a :class:`GPLogPrior` whose ``to_dict()`` is JSON-able (the HTTP service returns
 it as is). Labels may be a 0/1 vector, a '0'/'1' string, a hex key, a target rule ('parity',
-'ge5', 'bits:...', see ``volume.inputs.target_labels``) or '@FILE' holding one of these.
+'ge5', 'bits:...'; see ``volume.inputs.resolve_labels``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from volume.errors import FunctionError
+from volume.checks import json_safe, positive_int
 from volume.gp.ep import ep_log_p, importance_log_p
 from volume.gp.kernels import KernelError, MapFn, spec_kernel
-from volume.inputs import InputSet, load_inputs, target_labels
-from volume.keys import parse_function
+from volume.inputs import InputSet, load_inputs
+from volume.inputs import resolve_labels as _resolve
 from volume.spec import ExperimentSpec
 
 
-def resolve_labels(labels: Any, inputs: InputSet) -> np.ndarray:
-    """(M,) uint8 labels from a vector, '0'/'1' text, hex key, target rule or '@FILE'."""
-    m = inputs.n_inputs
-    if not isinstance(labels, str):
-        return parse_function(labels, m, 2)
-    s = labels.strip()
-    if s.startswith("@"):
-        p = Path(s[1:]).expanduser()
-        if not p.is_file():
-            raise FunctionError(f"labels file {str(p)!r} does not exist (labels '@FILE' read the labels from FILE)")
-        return resolve_labels(p.read_text().strip(), inputs)
-    try:
-        return parse_function(s, m, 2)
-    except FunctionError as as_text:
-        try:
-            return target_labels(inputs, s, 2)
-        except FunctionError as as_rule:
-            raise FunctionError(f"labels {s[:40]!r}{'...' if len(s) > 40 else ''}: not a labelling of the "
-                                f"{m} inputs ({as_text}) nor a target rule ({as_rule})") from None
+def resolve_labels(labels: Any, inputs: InputSet, *, allow_file: bool = False) -> np.ndarray:
+    """(M,) 0/1 labels from a vector, '0'/'1' text, hex key, target rule or (``allow_file``)
+    '@FILE': :func:`volume.inputs.resolve_labels`, the project's one resolver, for 2 classes."""
+    return _resolve(labels, inputs, 2, allow_file=allow_file)
 
 
 @dataclass
@@ -76,12 +60,9 @@ class GPLogPrior:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, float) and not math.isfinite(v):
-                d[k] = None
         d["impossible"] = self.impossible
-        d["log10_p"] = None if not math.isfinite(self.log_p) else self.log_p / math.log(10)
-        return d
+        d["log10_p"] = self.log_p / math.log(10)
+        return json_safe(d)
 
 
 def log_prior(spec: ExperimentSpec, labels: Any, *, likelihood: str = "heaviside", importance_samples: int = 0,
@@ -109,8 +90,7 @@ def log_prior(spec: ExperimentSpec, labels: Any, *, likelihood: str = "heaviside
         kw = {} if kernel == "analytic" else {"n_networks": kernel_samples, "block_size": kernel_block_size,
                                               "seed": kernel_seed, "map_fn": map_fn}
         K, _, meta = spec_kernel(spec, kernel, inputs, **kw)
-    if isinstance(importance_samples, bool) or not isinstance(importance_samples, int) or importance_samples < 0:
-        raise FunctionError(f"importance_samples = {importance_samples!r}: give an integer >= 0")
+    positive_int(importance_samples, "importance_samples", minimum=0)
     ep = ep_log_p(K, lab, likelihood=likelihood, damping=damping, tol=tol, max_iter=max_iter)
     out = GPLogPrior(log_p=ep.log_z, log_p_ep=ep.log_z, n_inputs=inputs.n_inputs, n_deterministic=ep.n_deterministic,
                      converged=ep.converged, iterations=ep.iterations, max_change=ep.max_change, jitter=ep.jitter,

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
 from volume.models import Layer, forward, layer_shapes, scale_params
@@ -253,14 +254,11 @@ def empirical_kernel(spec: ExperimentSpec, inputs: InputSet | None = None, *, n_
     the default evaluates them here one after another. Each task returns two M x M float64
     sums, so a ``map_fn`` that gathers all results holds 16 M^2 bytes per task.
     """
-    if isinstance(n_networks, bool) or not isinstance(n_networks, int) or n_networks < 2:
-        raise KernelError(f"n_networks = {n_networks!r}: the empirical kernel needs an integer >= 2 "
-                          "networks (its standard error needs two)")
+    positive_int(n_networks, "n_networks (networks of the empirical kernel; its standard error needs two)", 2,
+                 KernelError)
     block_size = min(spec.block_size, 256, n_networks) if block_size is None else block_size
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise KernelError(f"block_size = {block_size!r} must be an integer >= 1")
-    if blocks_per_task < 1:
-        raise KernelError(f"blocks_per_task = {blocks_per_task!r} must be >= 1")
+    positive_int(block_size, "block_size", 1, KernelError)
+    positive_int(blocks_per_task, "blocks_per_task", 1, KernelError)
     seed = spec.seed if seed is None else int(seed)
     inputs = inputs if inputs is not None else load_inputs(spec.inputs)
     n_blocks = -(-n_networks // block_size)
@@ -300,16 +298,26 @@ def spec_kernel(spec: ExperimentSpec, kind: str = "analytic", inputs: InputSet |
     if spec.output.kind != "threshold":
         raise KernelError("the GP path models one threshold output (output.kind = 'threshold'); "
                           f"this spec has output.kind = {spec.output.kind!r}")
-    if kind == "analytic":
-        if empirical_kw:
-            raise KernelError(f"options {sorted(empirical_kw)} apply to kernel='empirical' only")
-        return analytic_kernel(spec, inputs), None, {"kernel": "analytic"}
-    if kind == "empirical":
-        ek = empirical_kernel(spec, inputs, **empirical_kw)
-        return ek.K, ek.stderr, {"kernel": "empirical", "n_networks": ek.n_networks,
-                                 "block_size": ek.block_size, "seed": ek.seed,
-                                 "stderr_max": float(ek.stderr.max())}
-    raise KernelError(f"kernel = {kind!r}: use 'analytic' (FCN with relu/erf) or 'empirical' (any spec)")
+    if kind not in ("analytic", "empirical"):
+        raise KernelError(f"kernel = {kind!r}: use 'analytic' (FCN with relu/erf) or 'empirical' (any spec)")
+    if kind == "analytic" and empirical_kw:
+        raise KernelError(f"options {sorted(empirical_kw)} apply to kernel='empirical' only")
+    try:
+        with np.errstate(over="raise"):
+            if kind == "analytic":
+                K, stderr, meta = analytic_kernel(spec, inputs), None, {"kernel": "analytic"}
+            else:
+                ek = empirical_kernel(spec, inputs, **empirical_kw)
+                K, stderr, meta = ek.K, ek.stderr, {"kernel": "empirical", "n_networks": ek.n_networks,
+                                                    "block_size": ek.block_size, "seed": ek.seed,
+                                                    "stderr_max": float(ek.stderr.max())}
+    except (OverflowError, FloatingPointError):
+        K = None
+    if K is None or not np.all(np.isfinite(K)):
+        raise KernelError(f"the {kind} kernel overflows float64 (prior.sigma_w = {spec.prior.sigma_w:g}, "
+                          f"prior.sigma_b = {spec.prior.sigma_b:g}, {len(spec.architecture.hidden) if hasattr(spec.architecture, 'hidden') else '?'} "
+                          "hidden layers): the variances grow like sigma_w^(2 x depth); use smaller standard deviations")
+    return K, stderr, meta
 
 
 __all__ = ["analytic_kernel", "empirical_kernel", "nngp_layer", "spec_kernel", "EmpiricalKernel",

@@ -27,7 +27,8 @@ import numpy as np
 from scipy.linalg import cho_solve, solve_triangular
 from scipy.special import ndtr
 
-from volume.errors import FunctionError, VolumeError
+from volume.checks import json_safe, training_indices
+from volume.errors import FunctionError
 from volume.gp.ep import LIKELIHOODS, EPResult, check_kernel, check_labels, cholesky_lower, ep_log_p
 from volume.estimate import pac_bayes_bound_log
 
@@ -75,11 +76,8 @@ class GPPosterior:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("predicted", "p_one", "test_indices"):
-            d[k] = np.asarray(d[k]).tolist()
-        d["log_p_u"] = self.log_p_u if math.isfinite(self.log_p_u) else None
-        d["log10_p_u"] = self.log_p_u / math.log(10) if math.isfinite(self.log_p_u) else None
-        return d
+        d["log10_p_u"] = self.log_p_u / math.log(10)
+        return json_safe(d)
 
 
 def gp_posterior(K, train_indices, train_labels, target=None, *, likelihood: str = "heaviside",
@@ -91,13 +89,7 @@ def gp_posterior(K, train_indices, train_labels, target=None, *, likelihood: str
     used) or None. ``ep_kw`` go to :func:`volume.gp.ep.ep_log_p`."""
     K = check_kernel(K)
     m_all = K.shape[0]
-    idx = np.asarray(train_indices, dtype=np.int64).ravel()
-    if idx.size == 0:
-        raise VolumeError("the training set is empty: give at least one training index")
-    if idx.min() < 0 or idx.max() >= m_all:
-        raise VolumeError(f"training indices must lie in 0..{m_all - 1} (the kernel has {m_all} inputs)")
-    if len(np.unique(idx)) != idx.size:
-        raise VolumeError("training indices must not repeat")
+    idx = training_indices(train_indices, m_all)
     lab = check_labels(train_labels, idx.size)
     test = np.setdiff1d(np.arange(m_all), idx)
     ep = ep_log_p(K[np.ix_(idx, idx)], lab, likelihood=likelihood, **ep_kw)
