@@ -26,6 +26,7 @@ from volume.table import FrequencyTable
 SPEC_IDS = {  # file: (spec_id under the current stream, under stream 1)
     "boolean7.toml": ("cf179d23dcf904f9", "89e1e8ca406dc5b7"),
     "boolean7_adam.toml": ("c0f8373ac964abff", "682665e07a2aead0"),
+    "digits.toml": ("238407f0f1fc589e", "cf128251aa917c25"),
     "mnist1000.toml": ("17bac89939fcd590", "a9c450a80281148d"),
 }
 BACKENDS = ["torch"] + (["compiled"] if fused.available() else [])
@@ -53,10 +54,10 @@ def test_block0_keys_of_boolean7(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_block0_keys_of_mnist1000(backend, mnist_dir):
+def test_block0_keys_of_mnist1000(backend, real_mnist_dir):
     """The first 4 draws of block 0 (a draw does not depend on the block size)."""
     spec = ExperimentSpec.load(EXAMPLES / "mnist1000.toml")
-    spec = spec.replace(block_size=4, inputs=dataclasses.replace(spec.inputs, path=str(mnist_dir)))
+    spec = spec.replace(block_size=4, inputs=dataclasses.replace(spec.inputs, path=str(real_mnist_dir)))
     assert _digest(Sampler(spec, backend=backend).keys(0)) == "cbb1fda2d48abbda"
 
 
