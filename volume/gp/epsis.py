@@ -43,7 +43,10 @@ from scipy.special import log_ndtr, ndtri_exp
 from volume.errors import VolumeError
 from volume.gp.diagnostics import WeightSummary, summarize
 from volume.gp.ep import EPResult, _posterior, ep_log_p, psd_cholesky
-from volume.gp.tilting import BLOCK, CHUNK, ordered_cholesky
+from volume.gp.tilting import BLOCK, CHUNK, Tilt, ordered_cholesky, solve_tilt, tilted_draws, tilted_log_density, unit_lower
+
+
+DEFENSIVE = 0.1  # share of the draws from the minimax-tilted proposal (defensive mixture)
 
 
 @dataclass
@@ -57,49 +60,55 @@ class EPProposal:
     tau: np.ndarray  # EP site precisions, permuted
     nu: np.ndarray  # EP site precision-times-means, permuted
     ep: EPResult
+    N: np.ndarray  # unit-diagonal strict part of L (tilting's coordinates)
+    tilt: Tilt
     seconds: dict = field(default_factory=dict)
 
+    @property
+    def prec(self) -> np.ndarray:
+        return 1.0 / np.diag(self.C) ** 2 - self.tau  # conditional precision without site k (> 0)
 
-def ep_proposal(sigma: np.ndarray, *, order: tuple[np.ndarray, np.ndarray] | None = None,
-                ep: EPResult | None = None, **ep_kw) -> EPProposal:
-    """Order and factor ``sigma`` (or take ``order`` = (L, perm)), run EP on it (all labels 1, or
-    take ``ep``), and factor the EP posterior covariance S = Sigma - Sigma S^1/2 B^-1 S^1/2 Sigma."""
+
+def ep_proposal(sigma: np.ndarray, *, ep: EPResult | None = None, **ep_kw) -> EPProposal:
+    """Order and factor ``sigma``, solve Botev's tilt, run EP on it (all labels 1, or take ``ep``),
+    and factor the EP posterior covariance S = Sigma - Sigma S^1/2 B^-1 S^1/2 Sigma."""
     t0 = time.perf_counter()
-    L, perm = order if order is not None else ordered_cholesky(sigma)
+    L, perm = ordered_cholesky(sigma)
+    N = unit_lower(L)
     t1 = time.perf_counter()
+    tilt = solve_tilt(N)
+    t2 = time.perf_counter()
     d = sigma.shape[0]
     if ep is None:
         ep = ep_log_p(sigma, np.ones(d, dtype=np.int64), **ep_kw)
     if len(ep.kept) != d:
         raise VolumeError("EP-SIS needs a reduced orthant problem (no zero-variance inputs): use volume.gp.orthant")
-    t2 = time.perf_counter()
     Sj = sigma + ep.jitter * np.eye(d)
     _, _, _, V = _posterior(Sj, ep.tau, ep.nu)
     S = Sj - V.T @ V
     S = (S + S.T) / 2
     C, _ = psd_cholesky(S[np.ix_(perm, perm)])
     t3 = time.perf_counter()
-    return EPProposal(L, perm, ep.mu[perm], C, ep.tau[perm], ep.nu[perm], ep, {"order_factor": t1 - t0, "ep": t2 - t1, "proposal": t3 - t2})
+    return EPProposal(L, perm, ep.mu[perm], C, ep.tau[perm], ep.nu[perm], ep, N, tilt,
+                      {"order_factor": t1 - t0, "tilt": t2 - t1, "ep_proposal": t3 - t2})
 
 
-def ep_sis_log_weights(prop: EPProposal, n_samples: int, seed: int) -> np.ndarray:
-    """n log-weights of draws from the sequential EP proposal (module docstring)."""
-    L, C, m = prop.L, prop.C, prop.mean
-    tau, nu = prop.tau, prop.nu
+def sis_draws(prop: EPProposal, n_samples: int, seed) -> np.ndarray:
+    """n draws x (permuted coordinates) from the sequential EP proposal (module docstring)."""
+    C, m, nu = prop.C, prop.mean, prop.nu
     d = len(m)
     cdiag = np.diag(C)
     Coff = C - np.diag(cdiag)
-    prec = 1.0 / cdiag ** 2 - tau  # conditional precision without site k (> 0)
+    prec = prop.prec
     sd = 1.0 / np.sqrt(prec)
     rng = np.random.default_rng(seed)
-    out = np.empty(n_samples)
+    X_all = np.empty((n_samples, d))
     for s0 in range(0, n_samples, CHUNK):
         s1 = min(n_samples, s0 + CHUNK)
         k_n = s1 - s0
         logu = np.log(rng.random((k_n, d)))
         E = np.empty((k_n, d))
-        X = np.empty((k_n, d))
-        lw = np.zeros(k_n)
+        X = X_all[s0:s1]
         for b0 in range(0, d, BLOCK):
             b1 = min(d, b0 + BLOCK)
             A = E[:, :b0] @ Coff[b0:b1, :b0].T if b0 else np.zeros((k_n, b1 - b0))
@@ -110,16 +119,50 @@ def ep_sis_log_weights(prop: EPProposal, n_samples: int, seed: int) -> np.ndarra
                 mc = m[k] + a  # conditional mean of x_k under the EP posterior
                 mean = (mc / cdiag[k] ** 2 - nu[k]) / prec[k]  # ... with site k removed
                 lo = -mean / sd[k]
-                log_mass = log_ndtr(-lo)
-                t = np.maximum(-ndtri_exp(logu[:, k] + log_mass), lo)
+                t = np.maximum(-ndtri_exp(logu[:, k] + log_ndtr(-lo)), lo)
                 x = np.maximum(mean + sd[k] * t, 0.0)
                 X[:, k] = x
                 E[:, k] = (x - mc) / cdiag[k]
-                lw += 0.5 * t * t + math.log(sd[k]) + log_mass  # -ln q_k(x_k) + ln sqrt(2 pi)
-        U = solve_triangular(L, X.T, lower=True, check_finite=False)
-        lw += -0.5 * np.einsum("ij,ij->j", U, U) - float(np.log(np.diag(L)).sum())
-        out[s0:s1] = lw
-    return out
+    return X_all
+
+
+def sis_log_density(X: np.ndarray, prop: EPProposal) -> np.ndarray:
+    """ln q(x) of the sequential EP proposal at the rows of X (without -d/2 ln 2 pi); -inf outside
+    the orthant. e = C^-1 (x - m) recovers the draw's residuals, a = x - diag(C) e its conditional means."""
+    C, m, nu = prop.C, prop.mean, prop.nu
+    cdiag = np.diag(C)
+    prec = prop.prec
+    sd = 1.0 / np.sqrt(prec)
+    E = solve_triangular(C, (X - m).T, lower=True, check_finite=False).T
+    a = X - cdiag * E
+    mean = (a / cdiag ** 2 - nu) / prec
+    t = (X - mean) / sd
+    out = np.sum(-0.5 * t * t - np.log(sd) - log_ndtr(mean / sd), axis=1)
+    return np.where(np.all(X >= 0.0, axis=1), out, -np.inf)
+
+
+def ep_sis_log_weights(prop: EPProposal, n_samples: int, seed: int, defensive: float = DEFENSIVE) -> np.ndarray:
+    """Log-weights of n draws from the defensive mixture (1 - a) q_EP + a q_tilt (module docstring):
+    round(a n) draws from the tilted proposal (stream (seed, 1)), the rest from q_EP (stream (seed, 0)),
+    each weighted by the prior over the mixture density (deterministic-mixture / balance heuristic)."""
+    if not 0.0 <= defensive < 1.0:
+        raise VolumeError(f"defensive = {defensive!r}: the tilted share must be in [0, 1)")
+    L = prop.L
+    n_t = int(round(defensive * n_samples)) if defensive > 0 else 0
+    n_t = min(max(n_t, 1 if defensive > 0 else 0), n_samples - 1)
+    X = sis_draws(prop, n_samples - n_t, [seed, 0])
+    Z = solve_triangular(L, X.T, lower=True, check_finite=False).T
+    if n_t:
+        Zt = tilted_draws(prop.N, prop.tilt.mu, n_t, [seed, 1])[0]
+        X = np.vstack([X, np.maximum(Zt @ L.T, 0.0)])
+        Z = np.vstack([Z, Zt])
+    log_det = float(np.log(np.diag(L)).sum())
+    lp = -0.5 * np.einsum("ij,ij->i", Z, Z) - log_det
+    lq = sis_log_density(X, prop)
+    if n_t:
+        lq_t = tilted_log_density(Z, prop.N, prop.tilt.mu) - log_det
+        lq = np.logaddexp(math.log1p(-defensive) + lq, math.log(defensive) + lq_t)
+    return lp - lq
 
 
 @dataclass
@@ -132,17 +175,18 @@ class EPSISResult:
     reliable: bool
     reason: str
     n_samples: int
+    defensive: float = DEFENSIVE
     seconds: dict = field(default_factory=dict)
 
     def diagnostics(self) -> dict:
         s = self.summary
         return {"ess": s.ess, "pareto_k": s.khat, "pareto_k_threshold": s.khat_threshold, "log_w_sd": s.log_w_sd,
                 "n_samples": self.n_samples, "ep_log_p": self.log_p_ep, "ep_converged": self.ep_converged,
-                "reliable": self.reliable, "reason": self.reason, "seconds": self.seconds}
+                "defensive": self.defensive, "reliable": self.reliable, "reason": self.reason}
 
 
 def ep_sis_log_p(sigma: np.ndarray, n_samples: int = 2048, *, seed: int = 0,
-                 proposal: EPProposal | None = None) -> EPSISResult:
+                 proposal: EPProposal | None = None, defensive: float = DEFENSIVE) -> EPSISResult:
     """EP-SIS estimate of ln P(x > 0), x ~ N(0, sigma), with its standard error and diagnostics."""
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise VolumeError(f"samples = {n_samples!r}: EP-SIS needs an integer >= 2")
@@ -153,13 +197,14 @@ def ep_sis_log_p(sigma: np.ndarray, n_samples: int = 2048, *, seed: int = 0,
     prop = proposal if proposal is not None else ep_proposal(sigma)
     secs = dict(prop.seconds)
     t0 = time.perf_counter()
-    lw = ep_sis_log_weights(prop, n_samples, seed)
+    lw = ep_sis_log_weights(prop, n_samples, seed, defensive)
     secs["sample"] = time.perf_counter() - t0
     s = summarize(lw)
     reasons = [s.reason] if s.reason else []
     if not prop.ep.converged:
         reasons.append(f"EP did not converge (max change {prop.ep.max_change:.2g}); the proposal may be poor")
-    return EPSISResult(s.log_z, s.stderr, prop.ep.log_z, prop.ep.converged, s, not s.reason, "; ".join(reasons), n_samples, secs)
+    return EPSISResult(s.log_z, s.stderr, prop.ep.log_z, prop.ep.converged, s, not s.reason, "; ".join(reasons), n_samples, defensive, secs)
 
 
-__all__ = ["ep_sis_log_p", "ep_proposal", "ep_sis_log_weights", "EPProposal", "EPSISResult"]
+__all__ = ["ep_sis_log_p", "ep_proposal", "ep_sis_log_weights", "sis_draws", "sis_log_density", "EPProposal",
+           "EPSISResult", "DEFENSIVE"]

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from volume.gp.kernels import KernelError
+
 #: prior variance (relative to the largest) at or below which an input is deterministic
 ZERO_VARIANCE = 1e-13
 #: |correlation| at or above 1 - this: two inputs carry the same (or the opposite) output
@@ -47,6 +49,10 @@ def duplicate_pairs(K: np.ndarray, candidates: np.ndarray, tol: float = DUPLICAT
     for r0 in range(0, len(idx), rows):
         r1 = min(len(idx), r0 + rows)
         c = K[np.ix_(idx[r0:r1], idx)] * s[r0:r1, None] * s[None, :]
+        if np.any(np.abs(c) > 1.0 + 1e-8):
+            a, b = np.unravel_index(int(np.argmax(np.abs(c))), c.shape)
+            raise KernelError(f"kernel is not positive semi-definite: inputs {int(idx[r0 + a])} and {int(idx[b])} have "
+                              f"correlation {c[a, b]:.6g} (|K_ij| > sqrt(K_ii K_jj)); recompute the kernel")
         ii, jj = np.nonzero(np.abs(c) >= 1.0 - tol)
         for a, b in zip(ii.tolist(), jj.tolist()):
             if r0 + a < b:

@@ -202,19 +202,21 @@ def solve_tilt(N: np.ndarray, *, tol: float = 1e-9, max_iter: int = 100) -> Tilt
 
 
 # --------------------------------------------------------------------------- 3. sample
-def tilted_log_weights(N: np.ndarray, mu: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
-    """n log-weights psi(z; mu) of z drawn sequentially from the tilted truncated normals.
+def tilted_draws(N: np.ndarray, mu: np.ndarray, n_samples: int, seed) -> tuple[np.ndarray, np.ndarray]:
+    """(Z, log-weights psi(Z; mu)): n draws z (whitened coordinates, x = L z) from the tilted
+    truncated normals, drawn sequentially.
 
     z_k = mu_k + T, T ~ N(0, 1) truncated to T >= a_k = -c_k - mu_k, by inversion in log space:
     Phi(-T) = U Phi(-a_k), i.e. T = -ndtri_exp(ln U + ln Phi(-a_k)) (exact in the far tail)."""
     d = N.shape[0]
     rng = np.random.default_rng(seed)
+    Z_all = np.empty((n_samples, d))
     out = np.empty(n_samples)
     for s0 in range(0, n_samples, CHUNK):
         s1 = min(n_samples, s0 + CHUNK)
         m = s1 - s0
         logu = np.log(rng.random((m, d)))
-        Z = np.empty((m, d))
+        Z = Z_all[s0:s1]
         lw = np.zeros(m)
         for b0 in range(0, d, BLOCK):
             b1 = min(d, b0 + BLOCK)
@@ -230,7 +232,20 @@ def tilted_log_weights(N: np.ndarray, mu: np.ndarray, n_samples: int, seed: int)
                 Z[:, k] = z
                 lw += 0.5 * mu[k] ** 2 - mu[k] * z + log_mass
         out[s0:s1] = lw
-    return out
+    return Z_all, out
+
+
+def tilted_log_weights(N: np.ndarray, mu: np.ndarray, n_samples: int, seed) -> np.ndarray:
+    """The log-weights of :func:`tilted_draws`."""
+    return tilted_draws(N, mu, n_samples, seed)[1]
+
+
+def tilted_log_density(Z: np.ndarray, N: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """ln of the tilted proposal's density at the rows of Z (whitened coordinates, without the
+    common -d/2 ln 2 pi): sum_k -(z_k - mu_k)^2 / 2 - ln Phi(mu_k + c_k(z)); -inf outside the orthant."""
+    C = Z @ N.T
+    out = np.sum(-0.5 * (Z - mu) ** 2 - log_ndtr(mu + C), axis=1)
+    return np.where(np.all(Z + C >= -1e-9 * (1.0 + np.abs(C)), axis=1), out, -np.inf)
 
 
 @dataclass
@@ -255,8 +270,7 @@ class TiltingResult:
         return {"ess": s.ess, "pareto_k": s.khat, "pareto_k_threshold": s.khat_threshold, "log_w_sd": s.log_w_sd,
                 "upper_bound": self.upper_bound, "tilt_converged": self.tilt_converged,
                 "tilt_iterations": self.tilt_iterations, "tilt_gradient": self.tilt_grad,
-                "n_samples": self.n_samples, "reliable": self.reliable, "reason": self.reason,
-                "seconds": self.seconds}
+                "n_samples": self.n_samples, "reliable": self.reliable, "reason": self.reason}
 
 
 def unit_lower(L: np.ndarray) -> np.ndarray:
@@ -305,5 +319,6 @@ def tilting_log_p(sigma: np.ndarray, n_samples: int = 2048, *, seed: int = 0, re
                          tilt.feasible, not reasons, "; ".join(reasons), n_samples, secs)
 
 
-__all__ = ["tilting_log_p", "prepare", "ordered_cholesky", "solve_tilt", "tilted_log_weights", "psi",
+__all__ = ["tilting_log_p", "prepare", "ordered_cholesky", "solve_tilt", "tilted_log_weights", "tilted_draws",
+           "tilted_log_density", "unit_lower", "psi",
            "TiltingResult", "Tilt", "mills"]
