@@ -242,3 +242,19 @@ def test_cli_batch_and_json(tmp_path, capsys):
     assert "no error bar" in capsys.readouterr().out
     assert main(["gp", "logp", str(path), "--labels-file", str(tmp_path / "nope.txt")]) != 0
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_mnist_images_rare_labelling(mnist_dir):
+    """150 MNIST images, labels 'ge5' (ln P ~ -50): 'auto' is reliable with a standard error far
+    below 0.5 nats, two seeds agree within their error bars, and EP is within a nat."""
+    import dataclasses
+
+    from volume.gp.estimate import log_prior
+
+    spec = ExperimentSpec.load(__import__("conftest").EXAMPLES / "mnist1000.toml")
+    spec = dataclasses.replace(spec, inputs=dataclasses.replace(spec.inputs, path=str(mnist_dir), count=150))
+    a = log_prior(spec, "ge5", samples=512, seed=0)
+    b = log_prior(spec, "ge5", samples=512, seed=1)
+    assert a.reliable and a.method == "ep-sis" and a.stderr < 0.1, a.reason
+    assert abs(a.log_p - b.log_p) < 4 * math.hypot(a.stderr, b.stderr) + 1e-3
+    assert abs(a.log_p - a.log_p_ep) < 1.0
