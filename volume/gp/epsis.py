@@ -38,12 +38,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.special import log_ndtr, ndtri_exp
+from scipy.special import log_ndtr
 
 from volume.errors import VolumeError
 from volume.gp.diagnostics import WeightSummary, summarize
 from volume.gp.ep import EPResult, _posterior, ep_log_p, psd_cholesky
-from volume.gp.tilting import BLOCK, CHUNK, Tilt, ordered_cholesky, solve_tilt, tilted_draws, tilted_log_density, unit_lower
+from volume.gp.tilting import (Tilt, ordered_cholesky, sequential_draws, solve_tilt, tilted_draws, tilted_log_density,
+                               truncated_normal_above, unit_lower)
 
 
 DEFENSIVE = 0.1  # share of the draws from the minimax-tilted proposal (defensive mixture)
@@ -94,36 +95,24 @@ def ep_proposal(sigma: np.ndarray, *, ep: EPResult | None = None, **ep_kw) -> EP
 
 
 def sis_draws(prop: EPProposal, n_samples: int, seed) -> np.ndarray:
-    """n draws x (permuted coordinates) from the sequential EP proposal (module docstring)."""
+    """n draws x (permuted coordinates) from the sequential EP proposal (module docstring); the
+    sampler's stored values are the residuals e = C^-1 (x - m)."""
     C, m, nu = prop.C, prop.mean, prop.nu
-    d = len(m)
     cdiag = np.diag(C)
-    Coff = C - np.diag(cdiag)
     prec = prop.prec
     sd = 1.0 / np.sqrt(prec)
-    rng = np.random.default_rng(seed)
-    X_all = np.empty((n_samples, d))
-    for s0 in range(0, n_samples, CHUNK):
-        s1 = min(n_samples, s0 + CHUNK)
-        k_n = s1 - s0
-        logu = np.log(rng.random((k_n, d)))
-        E = np.empty((k_n, d))
-        X = X_all[s0:s1]
-        for b0 in range(0, d, BLOCK):
-            b1 = min(d, b0 + BLOCK)
-            A = E[:, :b0] @ Coff[b0:b1, :b0].T if b0 else np.zeros((k_n, b1 - b0))
-            for k in range(b0, b1):
-                a = A[:, k - b0]
-                if k > b0:
-                    a = a + E[:, b0:k] @ Coff[k, b0:k]
-                mc = m[k] + a  # conditional mean of x_k under the EP posterior
-                mean = (mc / cdiag[k] ** 2 - nu[k]) / prec[k]  # ... with site k removed
-                lo = -mean / sd[k]
-                t = np.maximum(-ndtri_exp(logu[:, k] + log_ndtr(-lo)), lo)
-                x = np.maximum(mean + sd[k] * t, 0.0)
-                X[:, k] = x
-                E[:, k] = (x - mc) / cdiag[k]
-    return X_all
+    X = np.empty((n_samples, len(m)))
+
+    def step(k, lin, log_u, rows):
+        mc = m[k] + lin  # conditional mean of x_k under the EP posterior
+        mean = (mc / cdiag[k] ** 2 - nu[k]) / prec[k]  # ... with site k removed
+        t, _ = truncated_normal_above(-mean / sd[k], log_u)
+        x = np.maximum(mean + sd[k] * t, 0.0)
+        X[rows, k] = x
+        return (x - mc) / cdiag[k]
+
+    sequential_draws(C - np.diag(cdiag), n_samples, seed, step)
+    return X
 
 
 def sis_log_density(X: np.ndarray, prop: EPProposal) -> np.ndarray:
@@ -203,7 +192,8 @@ def ep_sis_log_p(sigma: np.ndarray, n_samples: int = 2048, *, seed: int = 0,
     reasons = [s.reason] if s.reason else []
     if not prop.ep.converged:
         reasons.append(f"EP did not converge (max change {prop.ep.max_change:.2g}); the proposal may be poor")
-    return EPSISResult(s.log_z, s.stderr, prop.ep.log_z, prop.ep.converged, s, not s.reason, "; ".join(reasons), n_samples, defensive, secs)
+    return EPSISResult(s.log_z, s.stderr, prop.ep.log_z, prop.ep.converged, s, not s.reason, "; ".join(reasons),
+                       n_samples, defensive, secs)
 
 
 __all__ = ["ep_sis_log_p", "ep_proposal", "ep_sis_log_weights", "sis_draws", "sis_log_density", "EPProposal",

@@ -5,7 +5,8 @@ given matrix), estimates ln P(sign z = f) by the chosen method (``volume.gp.scor
 EP-guided sequential importance sampling with its standard error and diagnostics, falling back
 visibly), and returns a :class:`GPLogPrior` whose ``to_dict()`` is JSON-able (the HTTP service
 returns it as is) and whose ``row()`` is a flat dict for pandas. ``log_prior_many`` scores many
-labellings (a list, an array, every function of a table) with one kernel. Labels may be a 0/1 vector, a '0'/'1' string, a hex key, a target rule ('parity',
+labellings (a list, an array, every function of a table) with one kernel.
+Labels may be a 0/1 vector, a '0'/'1' string, a hex key, a target rule ('parity',
 'ge5', 'bits:...', see ``volume.inputs.target_labels``) or '@FILE' holding one of these.
 """
 

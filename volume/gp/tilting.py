@@ -202,37 +202,51 @@ def solve_tilt(N: np.ndarray, *, tol: float = 1e-9, max_iter: int = 100) -> Tilt
 
 
 # --------------------------------------------------------------------------- 3. sample
-def tilted_draws(N: np.ndarray, mu: np.ndarray, n_samples: int, seed) -> tuple[np.ndarray, np.ndarray]:
-    """(Z, log-weights psi(Z; mu)): n draws z (whitened coordinates, x = L z) from the tilted
-    truncated normals, drawn sequentially.
+def truncated_normal_above(lo: np.ndarray, log_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, ln P(T' >= lo)): T ~ N(0, 1) truncated to T >= lo by inversion in log space,
+    Phi(-T) = U Phi(-lo), i.e. T = -ndtri_exp(ln U + ln Phi(-lo)) (exact in the far tail)."""
+    log_mass = log_ndtr(-lo)
+    return np.maximum(-ndtri_exp(log_u + log_mass), lo), log_mass  # max: round-off at the boundary
 
-    z_k = mu_k + T, T ~ N(0, 1) truncated to T >= a_k = -c_k - mu_k, by inversion in log space:
-    Phi(-T) = U Phi(-a_k), i.e. T = -ndtri_exp(ln U + ln Phi(-a_k)) (exact in the far tail)."""
-    d = N.shape[0]
+
+def sequential_draws(M: np.ndarray, n_samples: int, seed, step) -> None:
+    """The sequential sampler shared by tilting and EP-SIS. For chunks of ``CHUNK`` draws (uniforms
+    from PCG64 seeded by ``seed``) and each variable k in turn, lin = V[:, :k] @ M[k, :k] is formed
+    by blocked matrix products (``BLOCK`` variables at a time) from the values V stored so far, and
+    V[:, k] = step(k, lin, ln U_k, rows), ``rows`` the slice of the draws in this chunk."""
+    d = M.shape[0]
     rng = np.random.default_rng(seed)
-    Z_all = np.empty((n_samples, d))
-    out = np.empty(n_samples)
     for s0 in range(0, n_samples, CHUNK):
         s1 = min(n_samples, s0 + CHUNK)
         m = s1 - s0
-        logu = np.log(rng.random((m, d)))
-        Z = Z_all[s0:s1]
-        lw = np.zeros(m)
+        log_u = np.log(rng.random((m, d)))
+        V = np.empty((m, d))
         for b0 in range(0, d, BLOCK):
             b1 = min(d, b0 + BLOCK)
-            C = Z[:, :b0] @ N[b0:b1, :b0].T if b0 else np.zeros((m, b1 - b0))
+            A = V[:, :b0] @ M[b0:b1, :b0].T if b0 else np.zeros((m, b1 - b0))
             for k in range(b0, b1):
-                c = C[:, k - b0]
+                lin = A[:, k - b0]
                 if k > b0:
-                    c = c + Z[:, b0:k] @ N[k, b0:k]
-                a = -c - mu[k]
-                log_mass = log_ndtr(-a)
-                t = np.maximum(-ndtri_exp(logu[:, k] + log_mass), a)  # max: round-off at the boundary
-                z = mu[k] + t
-                Z[:, k] = z
-                lw += 0.5 * mu[k] ** 2 - mu[k] * z + log_mass
-        out[s0:s1] = lw
-    return Z_all, out
+                    lin = lin + V[:, b0:k] @ M[k, b0:k]
+                V[:, k] = step(k, lin, log_u[:, k], slice(s0, s1))
+
+
+def tilted_draws(N: np.ndarray, mu: np.ndarray, n_samples: int, seed) -> tuple[np.ndarray, np.ndarray]:
+    """(Z, log-weights psi(Z; mu)): n draws z (whitened coordinates, x = L z) from the tilted
+    truncated normals, drawn sequentially: z_k = mu_k + T, T ~ N(0, 1) truncated to
+    T >= a_k = -c_k - mu_k, c = N z."""
+    Z = np.empty((n_samples, N.shape[0]))
+    lw = np.zeros(n_samples)
+
+    def step(k, c, log_u, rows):
+        t, log_mass = truncated_normal_above(-c - mu[k], log_u)
+        z = mu[k] + t
+        lw[rows] += 0.5 * mu[k] ** 2 - mu[k] * z + log_mass
+        Z[rows, k] = z
+        return z
+
+    sequential_draws(N, n_samples, seed, step)
+    return Z, lw
 
 
 def tilted_log_weights(N: np.ndarray, mu: np.ndarray, n_samples: int, seed) -> np.ndarray:
@@ -320,5 +334,5 @@ def tilting_log_p(sigma: np.ndarray, n_samples: int = 2048, *, seed: int = 0, re
 
 
 __all__ = ["tilting_log_p", "prepare", "ordered_cholesky", "solve_tilt", "tilted_log_weights", "tilted_draws",
-           "tilted_log_density", "unit_lower", "psi",
+           "tilted_log_density", "unit_lower", "psi", "sequential_draws", "truncated_normal_above",
            "TiltingResult", "Tilt", "mills"]
