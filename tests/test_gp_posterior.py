@@ -26,7 +26,10 @@ def test_p_u_and_predictions_against_direct_conditioning():
     target = (np.random.default_rng(1).random(12) < 0.5).astype(int)
     res = gp_posterior(K, train, target[train], target)
     ep = ep_log_p(K[np.ix_(train, train)], target[train])
-    assert res.log_p_u == pytest.approx(ep.log_z, abs=1e-12)
+    assert res.log_p_u_ep == pytest.approx(ep.log_z, abs=1e-12)
+    assert gp_posterior(K, train, target[train], method="ep").log_p_u == pytest.approx(ep.log_z, abs=1e-12)
+    assert res.log_p_u_method == "ep-sis" and res.log_p_u_reliable
+    assert abs(res.log_p_u - ep.log_z) < 0.1 and res.log_p_u_stderr < 0.02
     # direct reference: q(z_S) = N(mu, Sigma) with Sigma = (K_SS^-1 + diag tau)^-1, extended by conditioning
     kss = K[np.ix_(train, train)]
     test = res.test_indices

@@ -215,3 +215,22 @@ def test_empirical_kernel_over_ray_equals_in_process(ray_local, tmp_path):
     assert main(args + ["-o", str(tmp_path / "ray.h5"), "--ray"]) == 0
     with h5py.File(tmp_path / "local.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
         assert np.array_equal(a["K"][...], b["K"][...]) and np.array_equal(a["stderr"][...], b["stderr"][...])
+
+
+def test_gp_logp_of_a_table_over_ray_equals_in_process(ray_local, spec, tmp_path, capsys):
+    """`volume gp logp SPEC --table T --ray` scores the table's functions as Ray tasks
+    (volume.gp.score.score_many through volume.jobs.ray_map) with the in-process answer."""
+    import json
+
+    from volume.cli import main
+
+    small = ExperimentSpec(architecture=FCN(hidden=(8,)), prior=Prior(sigma_w=1.5, sigma_b=0.5),
+                           inputs=BooleanCube(n=3), seed=1, block_size=64)
+    spec_path = tmp_path / "s.toml"
+    small.save(spec_path)
+    run_local(small, 64, tmp_path / "t.h5")
+    args = ["gp", "logp", str(spec_path), "--table", str(tmp_path / "t.h5"), "--top", "4", "--samples", "128", "--json"]
+    assert main(args) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert main(args + ["--ray"]) == 0
+    assert json.loads(capsys.readouterr().out) == local and len(local) == 4

@@ -87,6 +87,8 @@ def test_queries_match_the_table(client, service, spec):
     ref = posterior(table, np.arange(4), np.array([0, 1, 1, 0]), np.array([bin(i).count("1") % 2 for i in range(32)]), top=3)
     assert res.n_consistent == ref.n_consistent and res.expected_error == pytest.approx(ref.expected_error)
     assert res.error_distribution == ref.error_distribution and res.top == ref.top
+    gp = client.gp_estimate("majority", table="small", samples=256, kernel="empirical", kernel_samples=128)
+    assert gp["kernel"] == "empirical" and gp["method"] in ("ep-sis", "tilting") and gp["stderr"] > 0
 
 
 def test_jobs_extend_and_create_tables_seen_without_restart(client, service, spec, tmp_path):

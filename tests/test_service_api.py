@@ -114,6 +114,12 @@ BAD_REQUESTS = {
     "unknown job": ("get", "/jobs/0123456789abcdef", None, {}, 404, "no job"),
     "gp bad labels": ("post", "/gp/estimate", {"table": "tiny", "labels": "01"}, {}, 400, "expected 8"),
     "gp spec and table": ("post", "/gp/estimate", {"table": "tiny", "spec": {}, "labels": "01010101"}, {}, 400, "exactly one"),
+    "gp unknown method": ("post", "/gp/estimate", {"table": "tiny", "labels": "parity", "method": "genz"}, {}, 400,
+                          "ep-sis"),
+    "gp unknown kernel": ("post", "/gp/estimate", {"table": "tiny", "labels": "parity", "kernel": "ntk"}, {}, 400,
+                          "empirical"),
+    "gp too much sampling": ("post", "/gp/estimate", {"table": "tiny", "labels": "parity", "samples": 10**12}, {}, 413,
+                             "samples x inputs^2"),
     "not json": ("post", "/tables/tiny/prior", "{not json", {"content-type": "application/json"}, 422, "JSON"),
 }
 
@@ -203,3 +209,20 @@ def test_gp_estimate_endpoint_equals_the_python_api(served, boolean_spec):
     by_spec = client.post("/gp/estimate", json={"spec": boolean_spec.to_dict(), "labels": labels})
     assert by_spec.status_code == 200, by_spec.text
     assert by_spec.json()["log_p"] == pytest.approx(expected, rel=1e-9)
+    d = by_spec.json()
+    assert d["method"] == "ep-sis" and d["stderr"] > 0 and d["reliable"] and "ess" in d["diagnostics"]
+
+
+def test_gp_estimate_takes_the_cli_target_rules_and_the_empirical_kernel(served, boolean_spec):
+    """Issue 13 item 10: the kernel option the error message recommends, and rules such as 'majority'."""
+    from volume.gp.estimate import log_prior
+
+    client, _, _ = served
+    r = client.post("/gp/estimate", json={"table": "tiny", "labels": "majority", "method": "ep"})
+    assert r.status_code == 200, r.text
+    assert r.json()["log_p"] == pytest.approx(log_prior(boolean_spec, "majority", method="ep").log_p, rel=1e-9)
+    r = client.post("/gp/estimate", json={"table": "tiny", "labels": "parity", "kernel": "empirical",
+                                          "kernel_samples": 256, "method": "tilting", "samples": 256, "seed": 4})
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["kernel"] == "empirical" and d["method"] == "tilting" and d["seed"] == 4 and d["samples"] == 256

@@ -211,10 +211,17 @@ class VolumeClient:
         """GET /jobs: every job this server has run since it started."""
         return [JobStatus.from_dict(d) for d in self._request("GET", "/jobs")]
 
-    def gp_estimate(self, labels: str | Sequence[int], spec: dict | None = None, table: str | None = None) -> dict:
-        """POST /gp/estimate: the GP/EP estimate of log P(f) for ``labels`` on the inputs of
-        ``spec`` (or of ``table``'s spec)."""
-        body = {"labels": labels if isinstance(labels, str) else [int(x) for x in labels], "spec": spec, "table": table}
+    def gp_estimate(self, labels: str | Sequence[int], spec: dict | None = None, table: str | None = None, *,
+                    method: str = "auto", samples: int | None = None, seed: int = 0, likelihood: str = "heaviside",
+                    kernel: str = "analytic", kernel_samples: int = 1024) -> dict:
+        """POST /gp/estimate: the GP estimate of ln P(f) for ``labels`` (a labelling, hex key or target
+        rule such as 'majority' or 'ge5') on the inputs of ``spec`` (or of ``table``'s spec): ``log_p``,
+        its ``stderr``, the ``method`` used, whether it is ``reliable`` (else ``reason``) and its
+        ``diagnostics``. ``method``: auto | ep | ep-is | ep-sis | tilting; ``kernel``: analytic |
+        empirical (``kernel_samples`` networks)."""
+        body = {"labels": labels if isinstance(labels, str) else [int(x) for x in labels], "spec": spec, "table": table,
+                "method": method, "samples": samples, "seed": seed, "likelihood": likelihood, "kernel": kernel,
+                "kernel_samples": kernel_samples}
         return self._request("POST", "/gp/estimate", json=body)
 
     def wait(self, job: JobStatus | str, timeout: float | None = None, poll: float = 0.5,

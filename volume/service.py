@@ -12,7 +12,8 @@ Endpoints (JSON in and out; no pickle crosses the wire):
     GET  /tables/{name}/top?k=        the k most frequent functions
     POST /jobs                        sample into a table (creates or extends it); bearer token if configured
     GET  /jobs, /jobs/{id}            job progress
-    POST /gp/estimate                 volume.gp.estimate.log_prior(spec, labels) (501 if not installed)
+    POST /gp/estimate                 volume.gp.estimate.log_prior(spec, labels, method=...): ln P(f), its
+                                      standard error, method and diagnostics (501 if not installed)
 
 A table is ``DIR/NAME.h5``; NAME matches ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (no path
 separators, no '..'), so a request can never name a file outside DIR. Tables are cached
@@ -74,6 +75,8 @@ class Limits:
     max_block_labels: int = 1 << 26  # block_size * n_inputs of a submitted spec (memory of one block)
     max_active_jobs: int = 4
     max_gp_inputs: int = 2048  # inputs of a GP estimate (EP is O(M^3))
+    max_gp_sample_work: int = 1 << 34  # samples x inputs^2 of a GP estimate's Monte-Carlo draws
+    max_gp_kernel_work: int = 1 << 33  # networks x inputs^2 of an empirical kernel (x depth for the analytic one)
 
 
 class ApiError(Exception):
@@ -241,9 +244,16 @@ class JobRequest(_Body):
 
 
 class GPRequest(_Body):
-    labels: str | list[int] = Field(..., description="the function: '0'/'1' string, hex key, or label list")
+    labels: str | list[int] = Field(..., description="the function: '0'/'1' string, hex key, label list, or a "
+                                                     "target rule as the CLI takes it (parity, majority, ge5, bits:...)")
     spec: dict[str, Any] | None = None
     table: str | None = Field(None, description="instead of spec: use this table's spec")
+    method: str = Field("auto", description="auto | ep | ep-is | ep-sis | tilting (volume.gp.score)")
+    samples: int | None = Field(None, ge=2, description="draws of the Monte-Carlo method (default 2048)")
+    seed: int = Field(0, ge=0, description="seed of the Monte-Carlo draws")
+    likelihood: str = Field("heaviside", description="heaviside | probit")
+    kernel: str = Field("analytic", description="analytic (FCN relu/erf) | empirical (any spec)")
+    kernel_samples: int = Field(1024, ge=2, description="networks of the empirical kernel")
 
 
 # ---- the API, free of HTTP and Ray ------------------------------------------------------
@@ -391,14 +401,31 @@ class VolumeAPI:
         if (req.spec is None) == (req.table is None):
             raise ApiError(400, "give exactly one of spec (a JSON spec) or table (a table name)")
         spec = self.parse_spec(req.spec) if req.spec is not None else self.store.get(req.table).spec
-        self._cap("inputs of the spec", spec.n_inputs, self.limits.max_gp_inputs)
-        labels = parse_function(req.labels if isinstance(req.labels, str) else np.asarray(req.labels),
-                                spec.n_inputs, spec.output.classes)
+        m = spec.n_inputs
+        self._cap("inputs of the spec", m, self.limits.max_gp_inputs)
         try:
-            from volume.gp.estimate import log_prior
+            from volume.gp.estimate import log_prior, resolve_labels
+            from volume.gp.score import DEFAULT_SAMPLES, METHODS
         except ImportError as e:
             raise ApiError(501, f"GP estimates are not available on this server (volume.gp.estimate.log_prior: {e})") from None
-        return _plain(log_prior(spec, labels).to_dict())
+        if req.method not in METHODS:
+            raise ApiError(400, f"method = {req.method!r}: use one of {', '.join(METHODS)}")
+        if req.kernel not in ("analytic", "empirical"):
+            raise ApiError(400, f"kernel = {req.kernel!r}: use 'analytic' (FCN relu/erf) or 'empirical' (any spec)")
+        if req.likelihood not in ("heaviside", "probit"):
+            raise ApiError(400, f"likelihood = {req.likelihood!r}: use 'heaviside' or 'probit'")
+        if req.method != "ep":
+            self._cap("samples x inputs^2", (req.samples or DEFAULT_SAMPLES) * m * m, self.limits.max_gp_sample_work)
+        depth = len(getattr(spec.architecture, "hidden", ())) + 1
+        work = req.kernel_samples * m * m if req.kernel == "empirical" else depth * m * m
+        self._cap(f"{'networks' if req.kernel == 'empirical' else 'depth'} x inputs^2 of the kernel", work,
+                  self.limits.max_gp_kernel_work)
+        from volume.inputs import load_inputs
+
+        labels = resolve_labels(req.labels if isinstance(req.labels, str) else np.asarray(req.labels),
+                                load_inputs(spec.inputs))
+        return _plain(log_prior(spec, labels, method=req.method, samples=req.samples, seed=req.seed,
+                                likelihood=req.likelihood, kernel=req.kernel, kernel_samples=req.kernel_samples).to_dict())
 
 
 # ---- HTTP ---------------------------------------------------------------------------
