@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
-import json
+import shlex
+import sys
 from pathlib import Path
+
+from volume.experiments.output import dumps
+
+
+def _command(args) -> str:
+    return "volume " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("volume") else \
+        f"volume experiment {args.experiment} {args.config}" + (f" --out {args.out}" if args.out else "")
 
 
 def register(subparsers) -> None:
@@ -25,7 +33,8 @@ def _flatness(args) -> int:
 
     config = FlatnessConfig.load(args.config)
     out = Path(args.out) if args.out else Path("results") / config.name
-    summary = run(config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
-    print(json.dumps(summary, indent=2))
+    summary = run(config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)),
+                  command=_command(args))
+    print(dumps({k: v for k, v in summary.items() if k != "correlations"}))
     print(f"outputs in {out}")
     return 0

@@ -1,5 +1,7 @@
 """Figures of the flatness-vs-volume experiment: each measure against the test error,
-before and after alpha-rescaling, and how far rescaling moved each measure."""
+before (dots) and after (crosses) alpha-rescaling, coloured by attack size when there are
+several, and how far rescaling moved each measure. Panel titles give Kendall's tau pooled
+over attack sizes, before -> after."""
 
 from __future__ import annotations
 
@@ -25,11 +27,18 @@ def plot_system(rows: list[dict], corr: list[dict], columns: list[str], path: Pa
     nrow = math.ceil(n / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 3.3 * nrow), squeeze=False)
     err = np.array([r["test_error"] for r in rows])
+    attack = np.array([float(r.get("attack_size", 0)) for r in rows])
+    sizes = np.unique(attack)
+    sc = None
     for ax, col in zip(axes.flat, columns):
         before = np.array([r[col] for r in rows], dtype=float)
         after = np.array([r[f"{col}_rescaled"] for r in rows], dtype=float)
-        ax.scatter(before, err, s=14, label="minimum", alpha=0.8)
-        ax.scatter(after, err, s=14, marker="x", label="alpha-rescaled", alpha=0.8)
+        if len(sizes) > 1:
+            sc = ax.scatter(before, err, s=14, c=attack, cmap="viridis", label="minimum", alpha=0.8)
+            ax.scatter(after, err, s=14, marker="x", c=attack, cmap="viridis", label="alpha-rescaled", alpha=0.8)
+        else:
+            ax.scatter(before, err, s=14, label="minimum", alpha=0.8)
+            ax.scatter(after, err, s=14, marker="x", label="alpha-rescaled", alpha=0.8)
         if col in LOG_SCALE and np.all(np.concatenate([before, after])[np.isfinite(np.concatenate([before, after]))] > 0):
             ax.set_xscale("log")
         ax.set_xlabel(col)
@@ -53,5 +62,7 @@ def plot_system(rows: list[dict], corr: list[dict], columns: list[str], path: Pa
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
+    if sc is not None:
+        fig.colorbar(sc, ax=list(axes.flat), shrink=0.6, label="attack set size")
     fig.savefig(path, dpi=110)
     plt.close(fig)

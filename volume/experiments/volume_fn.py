@@ -1,0 +1,104 @@
+"""One injectable estimator of ln P(f) for the experiments: ``volume_fn(spec, labels) -> Volume``.
+
+Experiments never call an estimator directly; they ask :func:`make_volume_fn` for the
+function of a config's ``volume_method`` and record, per function, the value, its standard
+error and the method that produced it. Methods available here:
+
+* ``'table'``: counted from a prior table, ln(n_f / N), standard error sqrt((1 - p) / n_f)
+  (binomial, delta method); a function the table never drew gets the one-sided 95% upper
+  bound ln(1 - 0.05^(1/N)) and method ``'table-bound'`` (an upper bound, no error bar).
+* ``'gp'``: the GP/EP estimate ``volume.gp.estimate.log_prior`` with the spec's analytic NNGP
+  kernel (computed once); with ``importance_samples`` > 0 the importance-sampled value and
+  its standard error (``is_stderr``), else the EP value with no error bar (method ``'ep'``).
+* ``'auto'``: ``'table'`` where the table holds the function, ``'gp'`` where it does not.
+
+The rare-function estimators of issues 9 and 10 (``volume.logp.log_p(spec, f, method=...)``,
+returning ``.log_p``, ``.stderr``, ``.method``) plug in at :func:`_estimator` with one line;
+:func:`stderr_of` reads a standard error from either result type.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from volume.errors import VolumeError
+from volume.spec import ExperimentSpec
+from volume.table import FrequencyTable
+
+VOLUME_METHODS = ("table", "gp", "auto")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """ln P(f) of one function: value, standard error (None: none known) and the method used."""
+
+    log_p: float
+    stderr: float | None
+    method: str
+
+
+VolumeFn = Callable[[ExperimentSpec, np.ndarray], Volume]
+
+
+def stderr_of(result: Any) -> float | None:
+    """Standard error of ln P(f) from an estimator's result: ``.stderr`` (the issue-9/10 entry
+    point) or ``.is_stderr`` (``volume.gp.estimate.GPLogPrior``); None when neither is finite."""
+    for name in ("stderr", "is_stderr"):
+        v = getattr(result, name, None)
+        if v is not None and math.isfinite(float(v)):
+            return float(v)
+    return None
+
+
+def counted(table: FrequencyTable, labels: np.ndarray) -> Volume:
+    """ln P(f) counted from ``table`` (see module docstring); 'table-bound' if never drawn."""
+    from volume.experiments.volumes import table_log_prior
+
+    log_p, seen = table_log_prior(table, np.asarray(labels))
+    if not seen:
+        return Volume(log_p, None, "table-bound")
+    p = math.exp(log_p)
+    n_f = p * table.n_samples
+    return Volume(log_p, math.sqrt(max(1 - p, 0.0) / n_f), "table")
+
+
+def _estimator(spec: ExperimentSpec, importance_samples: int, seed: int) -> VolumeFn:
+    """The estimator for functions a table cannot count. Today: GP/EP (issue 5's
+    ``log_prior``). Issue 9/10's entry point replaces the body with
+    ``lambda s, lab: _wrap(volume.logp.log_p(s, lab, method=...))``."""
+    from volume.experiments.volumes import GPVolume
+
+    gp = GPVolume(spec, importance_samples=importance_samples, seed=seed)
+
+    def fn(s: ExperimentSpec, labels: np.ndarray) -> Volume:
+        res = gp.result(labels)
+        se = stderr_of(res)
+        return Volume(float(res.log_p), se, "ep+is" if getattr(res, "log_p_is", None) is not None else "ep")
+
+    return fn
+
+
+def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable | None = None,
+                   importance_samples: int = 0, seed: int = 0) -> VolumeFn:
+    """``volume_fn(spec, labels) -> Volume`` for ``method`` in :data:`VOLUME_METHODS` (module docstring).
+
+    ``table`` is the prior table of ``spec`` ('table' and 'auto' need it)."""
+    if method not in VOLUME_METHODS:
+        raise VolumeError(f"volume method {method!r} is unknown: use one of {', '.join(VOLUME_METHODS)}")
+    if method in ("table", "auto") and table is None:
+        raise VolumeError(f"volume method {method!r} needs a prior table of the spec (prior_blocks > 0)")
+    if method == "table":
+        return lambda s, labels: counted(table, labels)
+    rare = _estimator(spec, importance_samples, seed)
+    if method == "gp":
+        return rare
+
+    def auto(s: ExperimentSpec, labels: np.ndarray) -> Volume:
+        v = counted(table, labels)
+        return v if v.method == "table" else rare(s, labels)
+
+    return auto
