@@ -1,5 +1,6 @@
-"""`volume experiment flatness-vs-volume CONFIG`: the flatness-vs-volume comparison
-(volume.experiments.flatness_vs_volume); writes CSVs, plots and a summary to --out."""
+"""`volume experiment flatness-vs-volume CONFIG` (volume.experiments.flatness_vs_volume) and
+`volume experiment sgd-vs-bayes CONFIG` (volume.experiments.sgd_vs_bayes): each writes CSVs,
+strict JSON, plots and report.md to --out."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def register(subparsers) -> None:
     f.add_argument("--out", default=None, help="output directory (default: results/<config name>)")
     f.add_argument("--quiet", action="store_true", help="print only the summary")
     f.set_defaults(func=_flatness)
+    g = sub.add_parser("sgd-vs-bayes",
+                       help="functions an optimizer finds (P_opt(f|S)) against the Bayesian posterior P(f|S)")
+    g.add_argument("config", help="experiment TOML (examples/sgd_vs_bayes_boolean.toml, examples/sgd_vs_bayes_small.toml)")
+    g.add_argument("--out", default=None, help="output directory (default: results/<config name>)")
+    g.add_argument("--quiet", action="store_true", help="print only the summary")
+    g.set_defaults(func=_sgd_vs_bayes)
 
 
 def _flatness(args) -> int:
@@ -36,5 +43,17 @@ def _flatness(args) -> int:
     summary = run(config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)),
                   command=_command(args))
     print(dumps({k: v for k, v in summary.items() if k != "correlations"}))
+    print(f"outputs in {out}")
+    return 0
+
+
+def _sgd_vs_bayes(args) -> int:
+    from volume.experiments.sgd_vs_bayes import SgdBayesConfig, run
+
+    config = SgdBayesConfig.load(args.config)
+    out = Path(args.out) if args.out else Path("results") / config.name
+    summary = run(config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)),
+                  command=_command(args))
+    print(dumps(summary))
     print(f"outputs in {out}")
     return 0

@@ -52,10 +52,14 @@ def measure_columns(config: FlatnessConfig) -> list[str]:
     return [f"log_prior_{m}" for m in used] + list(MEASURE_NAMES) + local_energy_names(config.measures)
 
 
+def split_indices(n_inputs: int, m: int, seed: int) -> np.ndarray:
+    """Sorted training indices: m of the n_inputs drawn without replacement with ``seed``."""
+    return np.sort(np.random.default_rng(seed).choice(n_inputs, size=m, replace=False))
+
+
 def split(system: System, n_inputs: int) -> np.ndarray:
     """Sorted training indices: ``train_size`` of the inputs, drawn with ``split_seed``."""
-    rng = np.random.default_rng(system.split_seed)
-    return np.sort(rng.choice(n_inputs, size=system.train_size, replace=False))
+    return split_indices(n_inputs, system.train_size, system.split_seed)
 
 
 def partition(system: System, n_inputs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

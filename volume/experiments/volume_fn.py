@@ -102,3 +102,20 @@ def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable |
         return v if v.method == "table" else rare(s, labels)
 
     return auto
+
+
+def gp_log_p_u(K: np.ndarray, train_indices: np.ndarray, train_labels: np.ndarray, *,
+               importance_samples: int = 0, seed: int = 0) -> Volume:
+    """ln P(U) = ln P(sign z_S = y_S), z ~ N(0, K): the GP prior mass of the functions that agree
+    with S (Valle-Perez et al. 2019), by EP on K_SS, with the importance-sampling correction and
+    its standard error when ``importance_samples`` > 0 (``volume.gp.ep``)."""
+    from volume.gp.ep import ep_log_p, importance_log_p
+
+    idx = np.asarray(train_indices, dtype=np.int64)
+    K_ss = np.asarray(K, dtype=np.float64)[np.ix_(idx, idx)]
+    ep = ep_log_p(K_ss, train_labels)
+    if importance_samples and not ep.impossible:
+        res = importance_log_p(K_ss, train_labels, ep, importance_samples, seed=seed)
+        if math.isfinite(res.log_p):
+            return Volume(float(res.log_p), stderr_of(res), "ep+is")
+    return Volume(float(ep.log_z), None, "ep")

@@ -1,0 +1,310 @@
+"""Optimizer against Bayes, function by function (Mingard et al. 2021, "Is SGD a Bayesian
+sampler? Well, almost", JMLR 22).
+
+For a training set S (``train_size`` inputs drawn with ``split_seed``, labelled by the target):
+
+* P_opt(f|S): ``trainings`` networks, each a prior draw trained to zero error on S
+  (:class:`volume.train.TrainingRun`, blocks of ``training_block_size``). P_opt(f|S) = n_f / n_conv
+  over the n_conv trainings that converged; ln P_opt has standard error sqrt(1/n_f - 1/n_conv)
+  (multinomial, delta method). Trainings that did not reach zero error are counted and reported
+  (``n_failed``), never dropped silently; the optimizer table of each S is saved as HDF5.
+* P(f|S) = P(f) / P(U) (Bayes with the zero-error likelihood). Where the prior table (``prior_blocks``
+  blocks of the spec) holds f: counted, n_f / n_U over the n_U prior draws consistent with S,
+  standard error sqrt(1/n_f - 1/n_U). Where it does not: ln P(f) from the injectable estimator
+  (:func:`volume.experiments.volume_fn.make_volume_fn`, method ``volume``) minus ln P(U) from the
+  same GP (:func:`volume.experiments.volume_fn.gp_log_p_u`), so the ratio is taken within one
+  estimator. Each function's row names the method that gave it.
+* Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
+  consistent with S (counted, :func:`volume.estimate.posterior`) when there are at least
+  ``min_consistent`` of them; the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
+* Agreement: Pearson r of log10 P_opt against log10 P(f|S) over the functions found (all, and the
+  counted ones alone), the P_opt-weighted mean |log10 P_opt / P(f|S)|, the optimizer mass on
+  functions within a factor 10 of Bayes, the Bayesian mass of the functions found, and the total
+  variation distance between the two error distributions.
+
+Outputs: ``functions.csv``, ``errors.csv``, ``opt_<m>.h5``, ``sgd_vs_bayes_<m>.png``,
+``summary.json`` (strict JSON) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from volume.errors import VolumeError
+from volume.experiments.config import Run, _err, _positive
+from volume.experiments.flatness_vs_volume import split_indices
+from volume.experiments.output import markdown_table, write_csv, write_json, write_report
+from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_u, make_volume_fn
+from volume.spec import ExperimentSpec, ImageSubset
+
+FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks", "volume", "importance_samples",
+          "training", "trainings", "training_block_size", "min_consistent", "threads")
+
+
+@dataclass(frozen=True)
+class SgdBayesConfig:
+    name: str
+    spec: ExperimentSpec
+    target: str
+    train_sizes: tuple[int, ...]
+    run: Run  # optimizer settings; run.repeats = trainings
+    split_seed: int = 0
+    prior_blocks: int = 16
+    volume: str = "gp"  # estimator for functions the prior table does not hold
+    importance_samples: int = 0
+    training_block_size: int = 64
+    min_consistent: int = 100  # counted P_B(eps) needs this many consistent prior draws
+    threads: int = 1
+    source: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def trainings(self) -> int:
+        return self.run.repeats
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SgdBayesConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise VolumeError(f"experiment config {str(p)!r} does not exist: give a .toml file (see examples/sgd_vs_bayes*.toml)")
+        try:
+            d = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
+        return cls.from_dict(d, base=p.resolve().parent)
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Path = Path(".")) -> "SgdBayesConfig":
+        unknown = set(d) - set(FIELDS)
+        if unknown:
+            raise VolumeError(f"unknown experiment config field(s) {sorted(unknown)}: allowed are {', '.join(FIELDS)}")
+        for req in ("spec", "target", "train_sizes", "training"):
+            if req not in d:
+                raise _err(req, None, "is required")
+        spec_d = d["spec"]
+        if isinstance(spec_d, str):
+            spec = ExperimentSpec.load(base / spec_d)
+        elif isinstance(spec_d, dict):
+            spec = ExperimentSpec.from_dict(spec_d)
+        else:
+            raise _err("spec", spec_d, "a spec file path or an inline table")
+        if isinstance(spec.inputs, ImageSubset) and spec.inputs.path and not Path(spec.inputs.path).is_absolute():
+            spec = spec.replace(inputs=dataclasses.replace(spec.inputs, path=str((base / spec.inputs.path).resolve())))
+        spec = spec.replace(training=None)
+        sizes = d["train_sizes"]
+        if (not isinstance(sizes, list) or not sizes or len(set(sizes)) != len(sizes)
+                or any(isinstance(m, bool) or not isinstance(m, int) or not 2 <= m < spec.n_inputs for m in sizes)):
+            raise _err("train_sizes", sizes, f"a list of distinct integers in 2..{spec.n_inputs - 1}")
+        volume = d.get("volume", "gp")
+        if volume not in VOLUME_METHODS or volume == "table":
+            raise _err("volume", volume, "the estimator for functions the table lacks: 'gp' (or 'auto')")
+        for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads"):
+            if name in d:
+                _positive(name, d[name])
+        imp = d.get("importance_samples", 0)
+        if isinstance(imp, bool) or not isinstance(imp, int) or imp < 0 or imp == 1:
+            raise _err("importance_samples", imp, "0 (none) or an integer >= 2")
+        training = dict(d["training"]) if isinstance(d["training"], dict) else d["training"]
+        if not isinstance(training, dict):
+            raise _err("training", training, "a table of optimizer settings (optimizer, lr, batch_size, loss, ...)")
+        run = Run.from_dict("training", {**training, "repeats": d.get("trainings", 256)})
+        return cls(name=str(d.get("name", "sgd-vs-bayes")), spec=spec, target=str(d["target"]),
+                   train_sizes=tuple(sizes), run=run, split_seed=int(d.get("split_seed", 0)),
+                   prior_blocks=int(d.get("prior_blocks", 16)), volume=volume, importance_samples=imp,
+                   training_block_size=int(d.get("training_block_size", 64)),
+                   min_consistent=int(d.get("min_consistent", 100)), threads=int(d.get("threads", 1)), source=d)
+
+
+def _log_ratio_se(n_f: int, n: int) -> float:
+    """Standard error of ln(n_f / n) for a multinomial cell (delta method): sqrt(1/n_f - 1/n)."""
+    return math.sqrt(max(1.0 / n_f - 1.0 / n, 0.0))
+
+
+def optimizer_functions(config: SgdBayesConfig, inputs, train_idx: np.ndarray):
+    """(optimizer table, number of trainings that did not reach zero error) for one S."""
+    from volume.table import FrequencyTable
+    from volume.train import TrainingRun
+
+    bs = min(config.training_block_size, config.trainings)
+    blocks = list(range(math.ceil(config.trainings / bs)))
+    tspec = config.spec.replace(block_size=bs, training=config.run.training(train_idx.tolist(), config.target))
+    tr = TrainingRun(tspec, inputs)
+    found, failed = [], 0
+    for b in blocks:
+        labels, nf = tr.block(b)
+        found.append(labels)
+        failed += nf
+    return FrequencyTable.from_labels(tspec, np.concatenate(found), blocks), failed
+
+
+def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, K, volume_fn,
+             out: Path, log: Callable[[str], None]) -> tuple[list[dict], list[dict], dict]:
+    """Function rows, error rows and the summary of one training-set size m (module docstring)."""
+    from volume.estimate import posterior
+    from volume.gp.posterior import gp_posterior
+    from volume.keys import labels_to_hex, unpack_keys
+
+    spec = config.spec
+    train = split_indices(inputs.n_inputs, m, config.split_seed)
+    test = np.setdiff1d(np.arange(inputs.n_inputs), train)
+    t0 = time.perf_counter()
+    opt, failed = optimizer_functions(config, inputs, train)
+    opt.save(out / f"opt_{m}.h5")
+    n_conv = opt.n_samples
+    log(f"[|S|={m}] {n_conv} of {n_conv + failed} trainings reached zero error, {opt.n_distinct} functions "
+        f"({time.perf_counter() - t0:.1f} s)")
+    # Bayes: counted posterior over the prior draws consistent with S
+    post = posterior(prior, train, target[train], target, top=0)
+    n_u = post.n_consistent
+    gp = gp_posterior(K, train, target[train], target)
+    if n_u > 0:
+        log_pu, log_pu_se, pu_method = math.log(n_u / prior.n_samples), _log_ratio_se(n_u, prior.n_samples), "table"
+    else:
+        log_pu, log_pu_se, pu_method = math.nan, math.nan, "none"
+    gp_pu = gp_log_p_u(K, train, target[train], importance_samples=config.importance_samples, seed=config.split_seed)
+    labels = unpack_keys(opt.keys, opt.n_inputs, opt.classes)
+    if labels.shape[0] and not np.all(labels[:, train] == target[None, train]):
+        raise VolumeError("an optimizer-found function disagrees with S: the training bookkeeping is wrong")
+    prior_counts = prior.lookup_keys(opt.keys)
+    rows = []
+    for lab, key_n, n_f in zip(labels, opt.counts, prior_counts):
+        n_opt, n_f = int(key_n), int(n_f)
+        err = float(np.mean(lab[test] != target[test]))
+        row = {"train_size": m, "function": labels_to_hex(lab, opt.classes), "error": err, "n_opt": n_opt,
+               "p_opt": n_opt / n_conv, "log_p_opt": math.log(n_opt / n_conv),
+               "log_p_opt_se": _log_ratio_se(n_opt, n_conv), "n_prior": n_f}
+        if n_f > 0:
+            row.update(log_prior=math.log(n_f / prior.n_samples), log_prior_method="table",
+                       log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=_log_ratio_se(n_f, n_u), method="table")
+        else:
+            v = volume_fn(spec, lab)
+            se = [x for x in (v.stderr, gp_pu.stderr) if x is not None]
+            row.update(log_prior=v.log_p, log_prior_method=v.method, log_p_bayes=v.log_p - gp_pu.log_p,
+                       log_p_bayes_se=math.sqrt(sum(x * x for x in se)) if se else math.nan,
+                       method=f"{v.method}/{gp_pu.method}")
+        rows.append(row)
+    # error distributions
+    opt_err: dict[float, int] = {}
+    for r in rows:
+        opt_err[r["error"]] = opt_err.get(r["error"], 0) + r["n_opt"]
+    bayes_err = {e["error"]: e for e in post.error_distribution} if n_u >= config.min_consistent else {}
+    err_rows = [{"train_size": m, "error": e, "n_opt": opt_err.get(e, 0), "p_opt": opt_err.get(e, 0) / n_conv,
+                 "n_bayes": bayes_err[e]["count"] if e in bayes_err else (0 if bayes_err else None),
+                 "p_bayes": bayes_err[e]["posterior"] if e in bayes_err else (0.0 if bayes_err else None)}
+                for e in sorted(set(opt_err) | set(bayes_err))]
+    summary = {"train_size": m, "test_size": int(test.size), "trainings": n_conv + failed, "n_converged": n_conv,
+               "n_failed": failed, "n_functions_opt": opt.n_distinct, "prior_draws": prior.n_samples,
+               "n_consistent_prior": n_u, "log_p_u_table": log_pu, "log_p_u_table_se": log_pu_se,
+               "log_p_u_gp": gp_pu.log_p, "log_p_u_gp_se": gp_pu.stderr, "log_p_u_gp_method": gp_pu.method,
+               "p_u_method": pu_method,
+               "expected_error_opt": float(sum(r["error"] * r["n_opt"] for r in rows) / n_conv) if n_conv else None,
+               "expected_error_opt_se": _weighted_se([r["error"] for r in rows], [r["n_opt"] for r in rows]),
+               "expected_error_bayes_table": post.expected_error if n_u >= config.min_consistent else None,
+               "expected_error_bayes_table_se": post.expected_error_stderr if n_u >= config.min_consistent else None,
+               "expected_error_bayes_gp": gp.expected_error,
+               "agreement": agreement(rows, err_rows), "seconds": round(time.perf_counter() - t0, 1)}
+    return rows, err_rows, summary
+
+
+def _weighted_se(values: list[float], counts: list[int]) -> float | None:
+    """Standard error of the mean of ``values`` repeated ``counts`` times: std / sqrt(n)."""
+    n = sum(counts)
+    if n < 2:
+        return None
+    v, c = np.asarray(values, float), np.asarray(counts, float)
+    mean = float((v * c).sum() / n)
+    return math.sqrt(max(float((c * (v - mean) ** 2).sum()) / (n - 1), 0.0) / n)
+
+
+def agreement(rows: list[dict], err_rows: list[dict]) -> dict:
+    """How closely P_opt(f|S) follows P(f|S) over the functions found (module docstring)."""
+    res: dict[str, Any] = {"n_functions": len(rows), "n_counted": sum(r["method"] == "table" for r in rows)}
+    for name, sub in (("all", rows), ("counted", [r for r in rows if r["method"] == "table"])):
+        x = np.array([r["log_p_bayes"] for r in sub], float) / math.log(10)
+        y = np.array([r["log_p_opt"] for r in sub], float) / math.log(10)
+        w = np.array([r["p_opt"] for r in sub], float)
+        ok = np.isfinite(x)
+        x, y, w = x[ok], y[ok], w[ok]
+        res[f"pearson_log10_{name}"] = float(np.corrcoef(x, y)[0, 1]) if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0 else None
+        res[f"mean_abs_log10_ratio_{name}"] = float((w * np.abs(y - x)).sum() / w.sum()) if w.sum() > 0 else None
+        res[f"opt_mass_within_10x_{name}"] = float(w[np.abs(y - x) <= 1].sum()) if len(w) else None
+    counted = [r for r in rows if r["method"] == "table"]
+    res["bayes_mass_of_functions_found_counted"] = float(sum(math.exp(r["log_p_bayes"]) for r in counted)) if counted else None
+    if all(e["p_bayes"] is not None for e in err_rows) and err_rows:
+        res["tv_error_distributions"] = 0.5 * float(sum(abs(e["p_opt"] - e["p_bayes"]) for e in err_rows))
+    else:
+        res["tv_error_distributions"] = None
+    return res
+
+
+def run(config: SgdBayesConfig, out: str | Path, *, log: Callable[[str], None] = print, command: str = "") -> dict:
+    """Run every training-set size and write the outputs to ``out``; returns the summary."""
+    from volume.experiments.plots import plot_sgd_vs_bayes
+    from volume.experiments.volumes import prior_table
+    from volume.gp.kernels import spec_kernel
+    from volume.inputs import load_inputs, target_labels
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        spec = config.spec
+        inputs = load_inputs(spec.inputs)
+        target = target_labels(inputs, config.target, spec.output.classes)
+        prior = prior_table(spec, config.prior_blocks)
+        log(f"prior table: {prior.n_samples} draws, {prior.n_distinct} functions ({time.perf_counter() - t0:.1f} s)")
+        K = spec_kernel(spec, "analytic", inputs)[0]
+        volume_fn = make_volume_fn(config.volume, spec, table=prior, importance_samples=config.importance_samples,
+                                   seed=config.split_seed)
+        rows, err_rows, sizes = [], [], []
+        for m in config.train_sizes:
+            r, e, s = run_size(m, config, prior, inputs, target, K, volume_fn, out, log)
+            rows += r
+            err_rows += e
+            sizes.append(s)
+    finally:
+        torch.set_num_threads(threads)
+    write_csv(out / "functions.csv", rows)
+    write_csv(out / "errors.csv", err_rows)
+    plots = []
+    for s in sizes:
+        m = s["train_size"]
+        path = out / f"sgd_vs_bayes_{m}.png"
+        plot_sgd_vs_bayes([r for r in rows if r["train_size"] == m], [e for e in err_rows if e["train_size"] == m],
+                          s, path, title=f"{config.name}: |S| = {m}, {config.run.label}")
+        plots.append(path.name)
+    summary = {"name": config.name, "optimizer": config.run.label, "sizes": sizes, "plots": plots,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(out / "summary.json", summary)
+    write_report(out / "report.md", f"Optimizer against Bayes: {config.name}", report_sections(sizes),
+                 config.source, plots, command)
+    return summary
+
+
+def report_sections(sizes: list[dict]) -> list[tuple[str, str]]:
+    rows = []
+    for s in sizes:
+        a = s["agreement"]
+        rows.append({"S": s["train_size"], "trainings": s["trainings"], "failed": s["n_failed"],
+                     "functions": s["n_functions_opt"], "counted": a["n_counted"],
+                     "ln P(U) table": s["log_p_u_table"], "ln P(U) GP": s["log_p_u_gp"],
+                     "r log10 (all)": a["pearson_log10_all"], "r log10 (counted)": a["pearson_log10_counted"],
+                     "mean abs log10 ratio": a["mean_abs_log10_ratio_all"], "opt mass within 10x": a["opt_mass_within_10x_all"],
+                     "E err opt": s["expected_error_opt"], "E err Bayes (table)": s["expected_error_bayes_table"],
+                     "E err Bayes (GP)": s["expected_error_bayes_gp"], "TV(err)": a["tv_error_distributions"]})
+    cols = list(rows[0]) if rows else []
+    text = ("Per training-set size: trainings that did not reach zero error ('failed', counted, not in P_opt), "
+            "distinct functions found and how many the prior table holds ('counted'; the others are estimated), "
+            "agreement of log10 P_opt(f|S) with log10 P(f|S), expected test errors and the total variation "
+            "distance between the error distributions (counted Bayes side only).\n\n" + markdown_table(rows, cols))
+    return [("Agreement", text)]
