@@ -1,7 +1,11 @@
 """Optimizer against Bayes, function by function (Mingard et al. 2021, "Is SGD a Bayesian
 sampler? Well, almost", JMLR 22).
 
-For a training set S (``train_size`` inputs drawn with ``split_seed``, labelled by the target):
+For a training set S (``train_size`` inputs drawn with ``split_seed``, labelled by the target)
+and a test set T (``test_size`` of the other inputs, default all of them), a function is its
+labels on S and T: with a small T functions repeat among a few hundred trainings, as in
+Mingard et al.'s experiments, and both sides are marginals over the other inputs (counted by
+projecting the tables' functions onto S and T; in the GP by taking the sub-kernel of S and T).
 
 * P_opt(f|S): ``trainings`` networks, each a prior draw trained to zero error on S
   (:class:`volume.train.TrainingRun`, blocks of ``training_block_size``). P_opt(f|S) = n_f / n_conv
@@ -12,7 +16,7 @@ For a training set S (``train_size`` inputs drawn with ``split_seed``, labelled 
   blocks of the spec) holds f: counted, n_f / n_U over the n_U prior draws consistent with S,
   standard error sqrt(1/n_f - 1/n_U). Where it does not: ln P(f) from the injectable estimator
   (:func:`volume.experiments.volume_fn.make_volume_fn`, method ``volume``) minus ln P(U) from the
-  same GP (:func:`volume.experiments.volume_fn.gp_log_p_u`), so the ratio is taken within one
+  same GP (:func:`volume.experiments.volume_fn.gp_log_p_subset`), so the ratio is taken within one
   estimator. Each function's row names the method that gave it.
 * Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
   consistent with S (counted, :func:`volume.estimate.posterior`) when there are at least
@@ -43,11 +47,11 @@ from volume.errors import VolumeError
 from volume.experiments.config import Run, _err, _positive
 from volume.experiments.flatness_vs_volume import split_indices
 from volume.experiments.output import markdown_table, write_csv, write_json, write_report
-from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_u, make_volume_fn
+from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_subset, make_volume_fn
 from volume.spec import ExperimentSpec, ImageSubset
 
 FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks", "volume", "importance_samples",
-          "training", "trainings", "training_block_size", "min_consistent", "threads")
+          "training", "trainings", "training_block_size", "min_consistent", "threads", "test_size")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class SgdBayesConfig:
     prior_blocks: int = 16
     volume: str = "gp"  # estimator for functions the prior table does not hold
     importance_samples: int = 0
+    test_size: int | None = None  # compare functions on S and this many test inputs (default: all the rest)
     training_block_size: int = 64
     min_consistent: int = 100  # counted P_B(eps) needs this many consistent prior draws
     threads: int = 1
@@ -106,7 +111,7 @@ class SgdBayesConfig:
         volume = d.get("volume", "gp")
         if volume not in VOLUME_METHODS or volume == "table":
             raise _err("volume", volume, "the estimator for functions the table lacks: 'gp' (or 'auto')")
-        for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads"):
+        for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads", "test_size"):
             if name in d:
                 _positive(name, d[name])
         imp = d.get("importance_samples", 0)
@@ -119,7 +124,7 @@ class SgdBayesConfig:
         return cls(name=str(d.get("name", "sgd-vs-bayes")), spec=spec, target=str(d["target"]),
                    train_sizes=tuple(sizes), run=run, split_seed=int(d.get("split_seed", 0)),
                    prior_blocks=int(d.get("prior_blocks", 16)), volume=volume, importance_samples=imp,
-                   training_block_size=int(d.get("training_block_size", 64)),
+                   training_block_size=int(d.get("training_block_size", 64)), test_size=d.get("test_size"),
                    min_consistent=int(d.get("min_consistent", 100)), threads=int(d.get("threads", 1)), source=d)
 
 
@@ -145,71 +150,110 @@ def optimizer_functions(config: SgdBayesConfig, inputs, train_idx: np.ndarray):
     return FrequencyTable.from_labels(tspec, np.concatenate(found), blocks), failed
 
 
+def project(table, indices: np.ndarray, keep=None, chunk: int = 1 << 16) -> dict[bytes, int]:
+    """Counts of the table's functions restricted to ``indices`` (marginal counts), over the
+    functions for which ``keep(labels)`` (a row mask) holds: {labels on indices as bytes: count}."""
+    from volume.keys import unpack_keys
+
+    out: dict[bytes, int] = {}
+    for start in range(0, table.n_distinct, chunk):
+        lab = unpack_keys(table.keys[start:start + chunk], table.n_inputs, table.classes)
+        counts = table.counts[start:start + chunk]
+        if keep is not None:
+            ok = keep(lab)
+            lab, counts = lab[ok], counts[ok]
+        sub = np.ascontiguousarray(lab[:, indices])
+        uniq, inv = np.unique(sub, axis=0, return_inverse=True)
+        for u, c in zip(uniq, np.bincount(inv.ravel(), weights=counts.astype(np.float64), minlength=len(uniq))):
+            out[u.tobytes()] = out.get(u.tobytes(), 0) + int(round(c))
+    return out
+
+
 def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, K, volume_fn,
              out: Path, log: Callable[[str], None]) -> tuple[list[dict], list[dict], dict]:
     """Function rows, error rows and the summary of one training-set size m (module docstring)."""
-    from volume.estimate import posterior
     from volume.gp.posterior import gp_posterior
-    from volume.keys import labels_to_hex, unpack_keys
+    from volume.keys import labels_to_hex
 
     spec = config.spec
-    train = split_indices(inputs.n_inputs, m, config.split_seed)
-    test = np.setdiff1d(np.arange(inputs.n_inputs), train)
+    n = inputs.n_inputs
+    train = split_indices(n, m, config.split_seed)
+    rest = np.setdiff1d(np.arange(n), train)
+    test = rest if config.test_size is None else np.sort(
+        np.random.default_rng([config.split_seed, m]).choice(rest, size=min(config.test_size, rest.size), replace=False))
+    ev = np.sort(np.concatenate([train, test]))  # the functions compared are the labels on S and T
+    pos_s, pos_t = np.searchsorted(ev, train), np.searchsorted(ev, test)
+    full = ev.size == n
     t0 = time.perf_counter()
     opt, failed = optimizer_functions(config, inputs, train)
     opt.save(out / f"opt_{m}.h5")
     n_conv = opt.n_samples
-    log(f"[|S|={m}] {n_conv} of {n_conv + failed} trainings reached zero error, {opt.n_distinct} functions "
-        f"({time.perf_counter() - t0:.1f} s)")
-    # Bayes: counted posterior over the prior draws consistent with S
-    post = posterior(prior, train, target[train], target, top=0)
-    n_u = post.n_consistent
+    log(f"[|S|={m}] {n_conv} of {n_conv + failed} trainings reached zero error, {opt.n_distinct} functions on all "
+        f"inputs ({time.perf_counter() - t0:.1f} s)")
+    opt_e = project(opt, ev)
+    if any(not np.array_equal(np.frombuffer(f, np.uint8)[pos_s], target[train]) for f in opt_e):
+        raise VolumeError("an optimizer-found function disagrees with S: the training bookkeeping is wrong")
+    prior_e = project(prior, ev, keep=lambda lab: np.all(lab[:, train] == target[None, train], axis=1))
+    n_u = sum(prior_e.values())
     gp = gp_posterior(K, train, target[train], target)
     if n_u > 0:
         log_pu, log_pu_se, pu_method = math.log(n_u / prior.n_samples), _log_ratio_se(n_u, prior.n_samples), "table"
     else:
         log_pu, log_pu_se, pu_method = math.nan, math.nan, "none"
-    gp_pu = gp_log_p_u(K, train, target[train], importance_samples=config.importance_samples, seed=config.split_seed)
-    labels = unpack_keys(opt.keys, opt.n_inputs, opt.classes)
-    if labels.shape[0] and not np.all(labels[:, train] == target[None, train]):
-        raise VolumeError("an optimizer-found function disagrees with S: the training bookkeeping is wrong")
-    prior_counts = prior.lookup_keys(opt.keys)
+    gp_pu = gp_log_p_subset(K, train, target[train], importance_samples=config.importance_samples,
+                            seed=config.split_seed)
     rows = []
-    for lab, key_n, n_f in zip(labels, opt.counts, prior_counts):
-        n_opt, n_f = int(key_n), int(n_f)
-        err = float(np.mean(lab[test] != target[test]))
-        row = {"train_size": m, "function": labels_to_hex(lab, opt.classes), "error": err, "n_opt": n_opt,
+    for f, n_opt in sorted(opt_e.items(), key=lambda kv: -kv[1]):
+        lab_e = np.frombuffer(f, np.uint8)
+        n_f = prior_e.get(f, 0)
+        err = float(np.mean(lab_e[pos_t] != target[test]))
+        row = {"train_size": m, "function": labels_to_hex(lab_e, opt.classes), "error": err, "n_opt": n_opt,
                "p_opt": n_opt / n_conv, "log_p_opt": math.log(n_opt / n_conv),
                "log_p_opt_se": _log_ratio_se(n_opt, n_conv), "n_prior": n_f}
         if n_f > 0:
             row.update(log_prior=math.log(n_f / prior.n_samples), log_prior_method="table",
                        log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=_log_ratio_se(n_f, n_u), method="table")
         else:
-            v = volume_fn(spec, lab)
+            if full:
+                lab = np.empty(n, np.uint8)
+                lab[ev] = lab_e
+                v = volume_fn(spec, lab)
+            else:  # the marginal on S and T: the GP's sub-kernel (no network estimator takes subsets)
+                v = gp_log_p_subset(K, ev, lab_e, importance_samples=config.importance_samples, seed=config.split_seed)
             se = [x for x in (v.stderr, gp_pu.stderr) if x is not None]
             row.update(log_prior=v.log_p, log_prior_method=v.method, log_p_bayes=v.log_p - gp_pu.log_p,
                        log_p_bayes_se=math.sqrt(sum(x * x for x in se)) if se else math.nan,
                        method=f"{v.method}/{gp_pu.method}")
         rows.append(row)
-    # error distributions
+    # error distributions: the optimizer's, and the counted Bayesian posterior's (all consistent draws)
     opt_err: dict[float, int] = {}
     for r in rows:
         opt_err[r["error"]] = opt_err.get(r["error"], 0) + r["n_opt"]
-    bayes_err = {e["error"]: e for e in post.error_distribution} if n_u >= config.min_consistent else {}
+    bayes_err: dict[float, int] = {}
+    if n_u >= config.min_consistent:
+        for f, c in prior_e.items():
+            e = float(np.mean(np.frombuffer(f, np.uint8)[pos_t] != target[test]))
+            bayes_err[e] = bayes_err.get(e, 0) + c
+    counted_bayes = bool(bayes_err)
     err_rows = [{"train_size": m, "error": e, "n_opt": opt_err.get(e, 0), "p_opt": opt_err.get(e, 0) / n_conv,
-                 "n_bayes": bayes_err[e]["count"] if e in bayes_err else (0 if bayes_err else None),
-                 "p_bayes": bayes_err[e]["posterior"] if e in bayes_err else (0.0 if bayes_err else None)}
+                 "n_bayes": bayes_err.get(e, 0) if counted_bayes else None,
+                 "p_bayes": bayes_err.get(e, 0) / n_u if counted_bayes else None}
                 for e in sorted(set(opt_err) | set(bayes_err))]
-    summary = {"train_size": m, "test_size": int(test.size), "trainings": n_conv + failed, "n_converged": n_conv,
-               "n_failed": failed, "n_functions_opt": opt.n_distinct, "prior_draws": prior.n_samples,
-               "n_consistent_prior": n_u, "log_p_u_table": log_pu, "log_p_u_table_se": log_pu_se,
+    e_bayes = sum(e * c for e, c in bayes_err.items()) / n_u if counted_bayes else None
+    gp_err = float(np.mean(np.where(target[test] == 1, 1 - gp.p_one[np.searchsorted(gp.test_indices, test)],
+                                    gp.p_one[np.searchsorted(gp.test_indices, test)])))
+    summary = {"train_size": m, "test_size": int(test.size), "functions_on": "all inputs" if full else "S and T",
+               "trainings": n_conv + failed, "n_converged": n_conv,
+               "n_failed": failed, "n_functions_opt": len(opt_e), "prior_draws": prior.n_samples,
+               "n_consistent_prior": n_u, "n_functions_consistent_prior": len(prior_e),
+               "log_p_u_table": log_pu, "log_p_u_table_se": log_pu_se,
                "log_p_u_gp": gp_pu.log_p, "log_p_u_gp_se": gp_pu.stderr, "log_p_u_gp_method": gp_pu.method,
                "p_u_method": pu_method,
                "expected_error_opt": float(sum(r["error"] * r["n_opt"] for r in rows) / n_conv) if n_conv else None,
                "expected_error_opt_se": _weighted_se([r["error"] for r in rows], [r["n_opt"] for r in rows]),
-               "expected_error_bayes_table": post.expected_error if n_u >= config.min_consistent else None,
-               "expected_error_bayes_table_se": post.expected_error_stderr if n_u >= config.min_consistent else None,
-               "expected_error_bayes_gp": gp.expected_error,
+               "expected_error_bayes_table": e_bayes,
+               "expected_error_bayes_table_se": _weighted_se(list(bayes_err), list(bayes_err.values())) if counted_bayes else None,
+               "expected_error_bayes_gp": gp_err,
                "agreement": agreement(rows, err_rows), "seconds": round(time.perf_counter() - t0, 1)}
     return rows, err_rows, summary
 

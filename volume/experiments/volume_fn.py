@@ -104,14 +104,16 @@ def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable |
     return auto
 
 
-def gp_log_p_u(K: np.ndarray, train_indices: np.ndarray, train_labels: np.ndarray, *,
-               importance_samples: int = 0, seed: int = 0) -> Volume:
-    """ln P(U) = ln P(sign z_S = y_S), z ~ N(0, K): the GP prior mass of the functions that agree
-    with S (Valle-Perez et al. 2019), by EP on K_SS, with the importance-sampling correction and
-    its standard error when ``importance_samples`` > 0 (``volume.gp.ep``)."""
+def gp_log_p_subset(K: np.ndarray, indices: np.ndarray, labels: np.ndarray, *,
+                    importance_samples: int = 0, seed: int = 0) -> Volume:
+    """ln P(sign z_I = labels), z ~ N(0, K): the GP prior mass of the functions with these labels
+    on the inputs I (the others free; marginalising a Gaussian is taking the sub-kernel K_II).
+    With I = S and the training labels this is P(U) (Valle-Perez et al. 2019). EP on K_II, with
+    the importance-sampling correction and its standard error when ``importance_samples`` > 0."""
     from volume.gp.ep import ep_log_p, importance_log_p
 
-    idx = np.asarray(train_indices, dtype=np.int64)
+    idx = np.asarray(indices, dtype=np.int64)
+    train_labels = np.asarray(labels)
     K_ss = np.asarray(K, dtype=np.float64)[np.ix_(idx, idx)]
     ep = ep_log_p(K_ss, train_labels)
     if importance_samples and not ep.impossible:
