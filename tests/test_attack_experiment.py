@@ -57,6 +57,8 @@ def test_small_attack_experiment(tmp_path):
         assert r["log_prior_auto_method"] in ("table", "ep") and float(r["log_prior_auto"]) < 0
         assert float(r["log_prior_auto"]) == float(r["log_prior_auto_rescaled"])
         assert r["log_prior_table_method"] in ("table", "table-bound")
+        assert float(r["log_prior_gp_st"]) == float(r["log_prior_gp_st_rescaled"]) < 0
+        assert float(r["log_prior_gp_st"]) > float(r["log_prior_auto"]) or r["log_prior_auto_method"] == "table"
         if r["log_prior_auto_method"] == "table":
             assert float(r["log_prior_auto"]) == float(r["log_prior_table"])
     assert np.mean([float(r["test_error"]) for r in rows if r["attack_size"] == "16"]) > \
@@ -100,3 +102,24 @@ def test_strict_json_and_bad_attack_configs():
             FlatnessConfig.from_dict({"systems": [{**base, **change}]})
     with pytest.raises(VolumeError, match="pool_losses"):
         FlatnessConfig.from_dict({"systems": [base], "pool_losses": "yes"})
+
+
+def test_gp_subset_is_the_marginal():
+    """ln P of labels on a subset I equals the EP estimate on the whole set when I is everything,
+    and, for I of 3 inputs, the orthant probability of the 3x3 sub-kernel by Monte Carlo."""
+    from volume.experiments.volume_fn import gp_log_p_subset
+    from volume.gp.estimate import log_prior
+    from volume.gp.kernels import spec_kernel
+    from volume.spec import ExperimentSpec
+
+    spec = ExperimentSpec.load(ROOT / "examples/boolean7.toml")
+    K = spec_kernel(spec, "analytic", load_inputs(spec.inputs))[0]
+    y = target_labels(load_inputs(spec.inputs), "majority")
+    allv = gp_log_p_subset(K, np.arange(128), y)
+    assert allv.log_p == pytest.approx(log_prior(spec, y, kernel_matrix=K).log_p, abs=1e-9) and allv.method == "ep"
+    idx = np.array([3, 60, 101])
+    z = np.random.default_rng(0).multivariate_normal(np.zeros(3), K[np.ix_(idx, idx)], size=400_000)
+    p = np.mean(np.all((z > 0) == y[idx].astype(bool), axis=1))
+    se = math.sqrt((1 - p) / (p * 400_000))
+    v = gp_log_p_subset(K, idx, y[idx], importance_samples=4000)
+    assert v.method == "ep+is" and abs(v.log_p - math.log(p)) < 4 * math.hypot(se, v.stderr)

@@ -151,6 +151,7 @@ class System:
     attack_sizes: tuple[int, ...] = (0,)
     attack_seed: int = 0
     importance_samples: int = 0  # GP volume: importance-sampling correction with this many samples
+    volume_train_test: bool = False  # also the GP ln P of the labels on S and T alone (log_prior_gp_st)
 
     @property
     def n_test(self) -> int:
@@ -239,6 +240,8 @@ def _system(i: int, d: Any, base: Path) -> System:
         raise _err(f"{path}.test_size" if test_size is not None else f"{path}.attack_sizes",
                    test_size if test_size is not None else attack,
                    f"train_size + test_size + max(attack_sizes) must be <= {spec.n_inputs} inputs with a test set left")
+    if not isinstance(d.get("volume_train_test", False), bool):
+        raise _err(f"{path}.volume_train_test", d["volume_train_test"], "true or false")
     imp = d.get("importance_samples", 0)
     if isinstance(imp, bool) or not isinstance(imp, int) or imp < 0:
         raise _err(f"{path}.importance_samples", imp, "an integer >= 0")
@@ -249,5 +252,5 @@ def _system(i: int, d: Any, base: Path) -> System:
                   split_seed=int(d.get("split_seed", 0)), volume=tuple(volume),
                   prior_blocks=int(d.get("prior_blocks", 16)), test_size=test_size,
                   attack_sizes=tuple(sorted(attack)), attack_seed=int(d.get("attack_seed", 0)),
-                  importance_samples=imp,
+                  importance_samples=imp, volume_train_test=bool(d.get("volume_train_test", False)),
                   runs=tuple(Run.from_dict(f"{path}.runs[{j}]", r) for j, r in enumerate(runs)))

@@ -11,7 +11,9 @@ spreading the test errors; a = 0 is plain training), via :class:`volume.train.Tr
 records the test error on T, ln P(f) of the function found on the whole input set with its
 standard error and method (:mod:`volume.experiments.volume_fn`: 'table' counted from a prior
 table, 'gp' the GP/EP estimate, 'auto' counted where the table holds f, as the system's
-``volume`` asks) and the flatness measures (:mod:`volume.experiments.measures`). Then theta*
+``volume`` asks; with ``volume_train_test`` also ``log_prior_gp_st``, the GP probability of the
+labels on S and T alone, attack inputs left free, so that the flipped attack labels themselves
+do not enter the volume) and the flatness measures (:mod:`volume.experiments.measures`). Then theta*
 is alpha-rescaled at one hidden layer with alpha_i = exp(u_i), u_i ~ U(-ln a, ln a) (seeded),
 and everything is measured again: the function (all labels) and hence ln P(f) stay the same,
 the Hessian measures and Keskar's sharpness move by orders of magnitude, the local energy,
@@ -49,6 +51,7 @@ from volume.train import TrainingRun
 def measure_columns(config: FlatnessConfig) -> list[str]:
     """The quantities correlated with the test error."""
     used = [m for m in VOLUME_METHODS if any(m in s.volume for s in config.systems)]
+    used += ["gp_st"] if any(s.volume_train_test for s in config.systems) else []
     return [f"log_prior_{m}" for m in used] + list(MEASURE_NAMES) + local_energy_names(config.measures)
 
 
@@ -96,9 +99,25 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
             f"({time.perf_counter() - t0:.1f} s)")
     volume_fns = {m: make_volume_fn(m, spec, table=table, importance_samples=system.importance_samples,
                                     seed=config.rescale.seed) for m in system.volume}
+    if system.volume_train_test:  # ln P of the labels on S and T only (attack inputs free): the GP marginal
+        from volume.experiments.volume_fn import gp_log_p_subset
+        from volume.gp.kernels import spec_kernel
+
+        K = spec_kernel(spec, "analytic", inputs)[0]
+        ev = np.sort(np.concatenate([train_idx, test_idx]))
+        cache: dict[bytes, object] = {}
+
+        def gp_st(s_, labels):
+            key = labels.tobytes()
+            if key not in cache:
+                cache[key] = gp_log_p_subset(K, ev, labels[ev], importance_samples=system.importance_samples,
+                                             seed=config.rescale.seed)
+            return cache[key]
+
+        volume_fns["gp_st"] = gp_st
 
     def volume(labels, row, suffix=""):
-        for method in VOLUME_METHODS:
+        for method in (*VOLUME_METHODS, *(("gp_st",) if system.volume_train_test else ())):
             v = volume_fns[method](spec, labels) if method in volume_fns else None
             row[f"log_prior_{method}{suffix}"] = v.log_p if v else math.nan
             row[f"log_prior_{method}_se{suffix}"] = v.stderr if v and v.stderr is not None else math.nan
