@@ -16,44 +16,38 @@ def _command(args) -> str:
         f"volume experiment {args.experiment} {args.config}" + (f" --out {args.out}" if args.out else "")
 
 
+EXPERIMENTS = {  # name: (help, example configs, module with the config class and run)
+    "flatness-vs-volume": ("train networks (optionally with attack sets), measure flatness and log P(f) at the "
+                           "minima, alpha-rescale, correlate with test error",
+                           "examples/flatness.toml, examples/attack_mnist.toml, examples/attack_small.toml",
+                           "volume.experiments.flatness_vs_volume", "volume.experiments.config:FlatnessConfig"),
+    "sgd-vs-bayes": ("functions an optimizer finds (P_opt(f|S)) against the Bayesian posterior P(f|S)",
+                     "examples/sgd_vs_bayes_boolean.toml, examples/sgd_vs_bayes_small.toml",
+                     "volume.experiments.sgd_vs_bayes", "volume.experiments.sgd_vs_bayes:SgdBayesConfig"),
+}
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("experiment", help="run a packaged experiment")
     sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     sub.required = True
-    f = sub.add_parser("flatness-vs-volume",
-                       help="train networks, measure flatness and log P(f) at the minima, alpha-rescale, correlate")
-    f.add_argument("config", help="experiment TOML (examples/flatness.toml, examples/flatness_small.toml)")
-    f.add_argument("--out", default=None, help="output directory (default: results/<config name>)")
-    f.add_argument("--quiet", action="store_true", help="print only the summary")
-    f.set_defaults(func=_flatness)
-    g = sub.add_parser("sgd-vs-bayes",
-                       help="functions an optimizer finds (P_opt(f|S)) against the Bayesian posterior P(f|S)")
-    g.add_argument("config", help="experiment TOML (examples/sgd_vs_bayes_boolean.toml, examples/sgd_vs_bayes_small.toml)")
-    g.add_argument("--out", default=None, help="output directory (default: results/<config name>)")
-    g.add_argument("--quiet", action="store_true", help="print only the summary")
-    g.set_defaults(func=_sgd_vs_bayes)
+    for name, (help_, examples, _, _) in EXPERIMENTS.items():
+        f = sub.add_parser(name, help=help_)
+        f.add_argument("config", help=f"experiment TOML ({examples})")
+        f.add_argument("--out", default=None, help="output directory (default: results/<config name>)")
+        f.add_argument("--quiet", action="store_true", help="print only the summary")
+        f.set_defaults(func=_run)
 
 
-def _flatness(args) -> int:
-    from volume.experiments.config import FlatnessConfig
-    from volume.experiments.flatness_vs_volume import run
+def _run(args) -> int:
+    import importlib
 
-    config = FlatnessConfig.load(args.config)
+    _, _, module, config_path = EXPERIMENTS[args.experiment]
+    cfg_module, cls = config_path.split(":")
+    config = getattr(importlib.import_module(cfg_module), cls).load(args.config)
     out = Path(args.out) if args.out else Path("results") / config.name
-    summary = run(config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)),
-                  command=_command(args))
+    summary = importlib.import_module(module).run(
+        config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), command=_command(args))
     print(dumps({k: v for k, v in summary.items() if k != "correlations"}))
-    print(f"outputs in {out}")
-    return 0
-
-
-def _sgd_vs_bayes(args) -> int:
-    from volume.experiments.sgd_vs_bayes import SgdBayesConfig, run
-
-    config = SgdBayesConfig.load(args.config)
-    out = Path(args.out) if args.out else Path("results") / config.name
-    summary = run(config, out, log=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)),
-                  command=_command(args))
-    print(dumps(summary))
     print(f"outputs in {out}")
     return 0

@@ -62,6 +62,31 @@ def _positive(path: str, v: Any, integer: bool = True) -> None:
         raise _err(path, v, f"must be a positive {'integer' if integer else 'number'}")
 
 
+def read_toml(path: str | Path, example: str) -> tuple[dict, Path]:
+    """(the TOML of an experiment config, its directory); a one-line error if missing or invalid."""
+    p = Path(path)
+    if not p.is_file():
+        raise VolumeError(f"experiment config {str(p)!r} does not exist: give a .toml file (see {example})")
+    try:
+        return tomllib.loads(p.read_text()), p.resolve().parent
+    except tomllib.TOMLDecodeError as e:
+        raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
+
+
+def load_spec(path: str, d: Any, base: Path) -> ExperimentSpec:
+    """A config's spec: a spec file path (relative to the config) or an inline table; a relative
+    ``inputs.path`` is taken relative to the config file; any ``training`` section is dropped."""
+    if isinstance(d, str):
+        spec = ExperimentSpec.load(base / d)
+    elif isinstance(d, dict):
+        spec = ExperimentSpec.from_dict(d)
+    else:
+        raise _err(path, d, "a spec file path or an inline table")
+    if isinstance(spec.inputs, ImageSubset) and spec.inputs.path and not Path(spec.inputs.path).is_absolute():
+        spec = spec.replace(inputs=dataclasses.replace(spec.inputs, path=str((base / spec.inputs.path).resolve())))
+    return spec.replace(training=None)
+
+
 @dataclass(frozen=True)
 class Measures:
     lanczos_tol: float = 1e-4
@@ -170,14 +195,8 @@ class FlatnessConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "FlatnessConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise VolumeError(f"experiment config {str(p)!r} does not exist: give a .toml file (see examples/flatness*.toml)")
-        try:
-            d = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
-        return cls.from_dict(d, base=p.resolve().parent)
+        d, base = read_toml(path, "examples/flatness*.toml")
+        return cls.from_dict(d, base=base)
 
     @classmethod
     def from_dict(cls, d: dict, base: Path = Path(".")) -> "FlatnessConfig":
@@ -209,16 +228,7 @@ def _system(i: int, d: Any, base: Path) -> System:
     for req in ("name", "spec", "target", "train_size"):
         if req not in d:
             raise _err(f"{path}.{req}", None, "is required")
-    spec_d = d["spec"]
-    if isinstance(spec_d, str):
-        spec = ExperimentSpec.load(base / spec_d)
-    elif isinstance(spec_d, dict):
-        spec = ExperimentSpec.from_dict(spec_d)
-    else:
-        raise _err(f"{path}.spec", spec_d, "a spec file path or an inline table")
-    if isinstance(spec.inputs, ImageSubset) and spec.inputs.path and not Path(spec.inputs.path).is_absolute():
-        spec = spec.replace(inputs=dataclasses.replace(spec.inputs, path=str((base / spec.inputs.path).resolve())))
-    spec = spec.replace(training=None)
+    spec = load_spec(f"{path}.spec", d["spec"], base)
     _positive(f"{path}.train_size", d["train_size"])
     if d["train_size"] >= spec.n_inputs:
         raise _err(f"{path}.train_size", d["train_size"], f"must be < {spec.n_inputs} (the rest is the test set)")

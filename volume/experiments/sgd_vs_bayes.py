@@ -32,10 +32,8 @@ Outputs: ``functions.csv``, ``errors.csv``, ``opt_<m>.h5``, ``sgd_vs_bayes_<m>.p
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -44,11 +42,11 @@ import numpy as np
 import torch
 
 from volume.errors import VolumeError
-from volume.experiments.config import Run, _err, _positive
+from volume.experiments.config import Run, _err, _positive, load_spec, read_toml
 from volume.experiments.flatness_vs_volume import split_indices
 from volume.experiments.output import markdown_table, write_csv, write_json, write_report
 from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_subset, make_volume_fn
-from volume.spec import ExperimentSpec, ImageSubset
+from volume.spec import ExperimentSpec
 
 FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks", "volume", "importance_samples",
           "training", "trainings", "training_block_size", "min_consistent", "threads", "test_size")
@@ -77,14 +75,8 @@ class SgdBayesConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "SgdBayesConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise VolumeError(f"experiment config {str(p)!r} does not exist: give a .toml file (see examples/sgd_vs_bayes*.toml)")
-        try:
-            d = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
-        return cls.from_dict(d, base=p.resolve().parent)
+        d, base = read_toml(path, "examples/sgd_vs_bayes*.toml")
+        return cls.from_dict(d, base=base)
 
     @classmethod
     def from_dict(cls, d: dict, base: Path = Path(".")) -> "SgdBayesConfig":
@@ -94,16 +86,7 @@ class SgdBayesConfig:
         for req in ("spec", "target", "train_sizes", "training"):
             if req not in d:
                 raise _err(req, None, "is required")
-        spec_d = d["spec"]
-        if isinstance(spec_d, str):
-            spec = ExperimentSpec.load(base / spec_d)
-        elif isinstance(spec_d, dict):
-            spec = ExperimentSpec.from_dict(spec_d)
-        else:
-            raise _err("spec", spec_d, "a spec file path or an inline table")
-        if isinstance(spec.inputs, ImageSubset) and spec.inputs.path and not Path(spec.inputs.path).is_absolute():
-            spec = spec.replace(inputs=dataclasses.replace(spec.inputs, path=str((base / spec.inputs.path).resolve())))
-        spec = spec.replace(training=None)
+        spec = load_spec("spec", d["spec"], base)
         sizes = d["train_sizes"]
         if (not isinstance(sizes, list) or not sizes or len(set(sizes)) != len(sizes)
                 or any(isinstance(m, bool) or not isinstance(m, int) or not 2 <= m < spec.n_inputs for m in sizes)):
