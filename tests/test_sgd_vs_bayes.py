@@ -118,3 +118,17 @@ def test_bad_sgd_vs_bayes_configs(tmp_path):
         with pytest.raises(VolumeError, match=field):
             SgdBayesConfig.from_dict({**base, **change})
     assert main(["experiment", "sgd-vs-bayes", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_log_count_standard_error_matches_the_spread():
+    """The stated standard error of ln(n_f / n) against the spread over 4,000 multinomial repeats."""
+    from volume.experiments.volume_fn import log_count_se
+
+    rng = np.random.default_rng(0)
+    p = np.array([0.3, 0.05, 0.01, 0.64])
+    n = 5000
+    draws = rng.multinomial(n, p, size=4000)
+    for k in range(3):
+        spread = np.std(np.log(draws[:, k] / n))
+        stated = np.mean([log_count_se(c, n) for c in draws[:, k]])
+        assert stated / spread == pytest.approx(1.0, abs=0.06)

@@ -45,7 +45,7 @@ from volume.errors import VolumeError
 from volume.experiments.config import Run, _err, _positive, load_spec, read_toml
 from volume.experiments.flatness_vs_volume import split_indices
 from volume.experiments.output import markdown_table, write_csv, write_json, write_report
-from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_subset, make_volume_fn
+from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_subset, log_count_se, make_volume_fn
 from volume.spec import ExperimentSpec
 
 FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks", "volume", "importance_samples",
@@ -109,11 +109,6 @@ class SgdBayesConfig:
                    prior_blocks=int(d.get("prior_blocks", 16)), volume=volume, importance_samples=imp,
                    training_block_size=int(d.get("training_block_size", 64)), test_size=d.get("test_size"),
                    min_consistent=int(d.get("min_consistent", 100)), threads=int(d.get("threads", 1)), source=d)
-
-
-def _log_ratio_se(n_f: int, n: int) -> float:
-    """Standard error of ln(n_f / n) for a multinomial cell (delta method): sqrt(1/n_f - 1/n)."""
-    return math.sqrt(max(1.0 / n_f - 1.0 / n, 0.0))
 
 
 def optimizer_functions(config: SgdBayesConfig, inputs, train_idx: np.ndarray):
@@ -180,7 +175,7 @@ def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, 
     n_u = sum(prior_e.values())
     gp = gp_posterior(K, train, target[train], target)
     if n_u > 0:
-        log_pu, log_pu_se, pu_method = math.log(n_u / prior.n_samples), _log_ratio_se(n_u, prior.n_samples), "table"
+        log_pu, log_pu_se, pu_method = math.log(n_u / prior.n_samples), log_count_se(n_u, prior.n_samples), "table"
     else:
         log_pu, log_pu_se, pu_method = math.nan, math.nan, "none"
     gp_pu = gp_log_p_subset(K, train, target[train], importance_samples=config.importance_samples,
@@ -192,10 +187,10 @@ def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, 
         err = float(np.mean(lab_e[pos_t] != target[test]))
         row = {"train_size": m, "function": labels_to_hex(lab_e, opt.classes), "error": err, "n_opt": n_opt,
                "p_opt": n_opt / n_conv, "log_p_opt": math.log(n_opt / n_conv),
-               "log_p_opt_se": _log_ratio_se(n_opt, n_conv), "n_prior": n_f}
+               "log_p_opt_se": log_count_se(n_opt, n_conv), "n_prior": n_f}
         if n_f > 0:
             row.update(log_prior=math.log(n_f / prior.n_samples), log_prior_method="table",
-                       log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=_log_ratio_se(n_f, n_u), method="table")
+                       log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=log_count_se(n_f, n_u), method="table")
         else:
             if full:
                 lab = np.empty(n, np.uint8)

@@ -54,6 +54,12 @@ def stderr_of(result: Any) -> float | None:
     return None
 
 
+def log_count_se(n_f: int | float, n: int | float) -> float:
+    """Standard error of ln(n_f / n) for a multinomial cell with n_f of n draws (delta method):
+    sqrt((1 - p) / n_f) = sqrt(1/n_f - 1/n)."""
+    return math.sqrt(max(1.0 / n_f - 1.0 / n, 0.0))
+
+
 def counted(table: FrequencyTable, labels: np.ndarray) -> Volume:
     """ln P(f) counted from ``table`` (see module docstring); 'table-bound' if never drawn."""
     from volume.experiments.volumes import table_log_prior
@@ -61,9 +67,7 @@ def counted(table: FrequencyTable, labels: np.ndarray) -> Volume:
     log_p, seen = table_log_prior(table, np.asarray(labels))
     if not seen:
         return Volume(log_p, None, "table-bound")
-    p = math.exp(log_p)
-    n_f = p * table.n_samples
-    return Volume(log_p, math.sqrt(max(1 - p, 0.0) / n_f), "table")
+    return Volume(log_p, log_count_se(math.exp(log_p) * table.n_samples, table.n_samples), "table")
 
 
 def _estimator(spec: ExperimentSpec, importance_samples: int, seed: int) -> VolumeFn:
