@@ -123,3 +123,6 @@ def test_gp_subset_is_the_marginal():
     se = math.sqrt((1 - p) / (p * 400_000))
     v = gp_log_p_subset(K, idx, y[idx], importance_samples=4000)
     assert v.method == "ep+is" and abs(v.log_p - math.log(p)) < 4 * math.hypot(se, v.stderr)
+    # too few effective importance samples: the EP value is kept and flagged, without an error bar
+    few = gp_log_p_subset(K, np.arange(128), y, importance_samples=5)
+    assert (few.method, few.stderr, few.log_p) == ("ep(is-ess<50)", None, allv.log_p)

@@ -9,7 +9,9 @@ error and the method that produced it. Methods available here:
   bound ln(1 - 0.05^(1/N)) and method ``'table-bound'`` (an upper bound, no error bar).
 * ``'gp'``: the GP/EP estimate ``volume.gp.estimate.log_prior`` with the spec's analytic NNGP
   kernel (computed once); with ``importance_samples`` > 0 the importance-sampled value and
-  its standard error (``is_stderr``), else the EP value with no error bar (method ``'ep'``).
+  its standard error (``is_stderr``, method ``'ep+is'``), else the EP value with no error bar
+  (method ``'ep'``). When the importance samples have fewer than MIN_ESS effective samples their
+  value and standard error cannot be trusted: the EP value is kept, method ``'ep(is-ess<50)'``.
 * ``'auto'``: ``'table'`` where the table holds the function, ``'gp'`` where it does not.
 
 The rare-function estimators of issues 9 and 10 (``volume.logp.log_p(spec, f, method=...)``,
@@ -30,6 +32,7 @@ from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
 
 VOLUME_METHODS = ("table", "gp", "auto")
+MIN_ESS = 50  # importance sampling with fewer effective samples is not trusted: EP is kept, flagged
 
 
 @dataclass(frozen=True)
@@ -80,10 +83,18 @@ def _estimator(spec: ExperimentSpec, importance_samples: int, seed: int) -> Volu
 
     def fn(s: ExperimentSpec, labels: np.ndarray) -> Volume:
         res = gp.result(labels)
-        se = stderr_of(res)
-        return Volume(float(res.log_p), se, "ep+is" if getattr(res, "log_p_is", None) is not None else "ep")
+        if not importance_samples:
+            return Volume(float(res.log_p), stderr_of(res), "ep")
+        return _checked_is(res.log_p_is, stderr_of(res), res.is_ess, float(res.log_p_ep))
 
     return fn
+
+
+def _checked_is(log_p_is: float | None, stderr: float | None, ess: float | None, log_p_ep: float) -> Volume:
+    """The importance-sampled value if it has MIN_ESS effective samples and a finite error, else EP, flagged."""
+    if log_p_is is not None and math.isfinite(log_p_is) and stderr is not None and (ess or 0) >= MIN_ESS:
+        return Volume(float(log_p_is), stderr, "ep+is")
+    return Volume(log_p_ep, None, f"ep(is-ess<{MIN_ESS})")
 
 
 def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable | None = None,
@@ -122,6 +133,5 @@ def gp_log_p_subset(K: np.ndarray, indices: np.ndarray, labels: np.ndarray, *,
     ep = ep_log_p(K_ss, train_labels)
     if importance_samples and not ep.impossible:
         res = importance_log_p(K_ss, train_labels, ep, importance_samples, seed=seed)
-        if math.isfinite(res.log_p):
-            return Volume(float(res.log_p), stderr_of(res), "ep+is")
+        return _checked_is(res.log_p, stderr_of(res), res.ess, float(ep.log_z))
     return Volume(float(ep.log_z), None, "ep")
