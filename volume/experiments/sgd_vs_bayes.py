@@ -17,7 +17,7 @@ projecting the tables' functions onto S and T; in the GP by taking the sub-kerne
   standard error sqrt(1/n_f - 1/n_U). Where it does not: ln P(f) from the injectable estimator
   (:func:`volume.experiments.volume_fn.make_volume_fn`, method ``volume``) minus ln P(U) from the
   same GP (:func:`volume.experiments.volume_fn.gp_log_p_subset`), so the ratio is taken within one
-  estimator. Each function's row names the method that gave it.
+  estimator (both importance-corrected, or both plain EP when f's correction failed). Each function's row names the method that gave it.
 * Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
   consistent with S (counted, :func:`volume.estimate.posterior`) when there are at least
   ``min_consistent`` of them; the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
@@ -180,6 +180,7 @@ def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, 
         log_pu, log_pu_se, pu_method = math.nan, math.nan, "none"
     gp_pu = gp_log_p_subset(K, train, target[train], importance_samples=config.importance_samples,
                             seed=config.split_seed)
+    gp_pu_ep = gp_log_p_subset(K, train, target[train]) if gp_pu.method == "ep+is" else gp_pu
     rows = []
     for f, n_opt in sorted(opt_e.items(), key=lambda kv: -kv[1]):
         lab_e = np.frombuffer(f, np.uint8)
@@ -198,10 +199,11 @@ def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, 
                 v = volume_fn(spec, lab)
             else:  # the marginal on S and T: the GP's sub-kernel (no network estimator takes subsets)
                 v = gp_log_p_subset(K, ev, lab_e, importance_samples=config.importance_samples, seed=config.split_seed)
-            se = [x for x in (v.stderr, gp_pu.stderr) if x is not None]
-            row.update(log_prior=v.log_p, log_prior_method=v.method, log_p_bayes=v.log_p - gp_pu.log_p,
-                       log_p_bayes_se=math.sqrt(sum(x * x for x in se)) if se else math.nan,
-                       method=f"{v.method}/{gp_pu.method}")
+            pu = gp_pu if v.method == "ep+is" else gp_pu_ep  # both corrected, or both plain EP
+            se = [x for x in (v.stderr, pu.stderr) if x is not None]
+            row.update(log_prior=v.log_p, log_prior_method=v.method, log_p_bayes=v.log_p - pu.log_p,
+                       log_p_bayes_se=math.sqrt(sum(x * x for x in se)) if se and v.stderr is not None else math.nan,
+                       method=f"{v.method}/{pu.method}")
         rows.append(row)
     # error distributions: the optimizer's, and the counted Bayesian posterior's (all consistent draws)
     opt_err: dict[float, int] = {}
