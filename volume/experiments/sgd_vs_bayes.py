@@ -17,7 +17,8 @@ projecting the tables' functions onto S and T; in the GP by taking the sub-kerne
   standard error sqrt(1/n_f - 1/n_U). Where it does not: ln P(f) from the injectable estimator
   (:func:`volume.experiments.volume_fn.make_volume_fn`, method ``volume``) minus ln P(U) from the
   same GP (:func:`volume.experiments.volume_fn.gp_log_p_subset`), so the ratio is taken within one
-  estimator (both importance-corrected, or both plain EP when f's correction failed). Each function's row names the method that gave it.
+  estimator (both importance-corrected, or both plain EP when f's correction failed). Each
+  function's row names the method that gave it.
 * Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
   consistent with S (counted, :func:`volume.estimate.posterior`) when there are at least
   ``min_consistent`` of them; the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
