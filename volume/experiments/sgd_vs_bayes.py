@@ -20,7 +20,7 @@ projecting the tables' functions onto S and T; in the GP by taking the sub-kerne
   estimator (both importance-corrected, or both plain EP when f's correction failed). Each
   function's row names the method that gave it.
 * Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
-  consistent with S (counted, :func:`volume.estimate.posterior`) when there are at least
+  consistent with S (counted, from the prior table projected onto S and T) when there are at least
   ``min_consistent`` of them; the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
 * Agreement: Pearson r of log10 P_opt against log10 P(f|S) over the functions found (all, and the
   counted ones alone), the P_opt-weighted mean |log10 P_opt / P(f|S)|, the optimizer mass on
