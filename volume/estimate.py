@@ -16,6 +16,11 @@ Every probability carries its sample count and an interval (DESIGN.md, "Mathemat
 * PAC-Bayes bound (Valle-Perez, Camargo & Louis 2019, after McAllester 1999): with
   probability >= 1 - delta over training sets of size m,
   -ln(1 - eps_bar) <= (ln(1 / P(U)) + ln(2m / delta)) / (m - 1).
+* Tables of optimizer-found functions (spec with ``training``) hold P_opt(f | S) for the spec's
+  own S: every function in them agrees with S by construction, so they give the optimizer's
+  distribution over functions and its test error, but not P(U), the Bayesian posterior or the
+  PAC-Bayes bound (those need prior draws). :func:`posterior` answers the former (``kind =
+  'optimizer'``, with the trainings that failed to reach zero error) and refuses other training sets.
 """
 
 from __future__ import annotations
@@ -162,9 +167,9 @@ class PosteriorResult:
     n_samples: int
     n_consistent: int  # n_U: draws whose function agrees with S
     n_consistent_functions: int
-    p_u: float
-    p_u_lower: float
-    p_u_upper: float
+    p_u: float | None  # None for optimizer tables: P(U) is a prior probability
+    p_u_lower: float | None
+    p_u_upper: float | None
     confidence: float
     train_size: int
     test_size: int
@@ -174,6 +179,9 @@ class PosteriorResult:
     pac_bayes_bound: float | None = None  # from P(U) point estimate
     pac_bayes_bound_conservative: float | None = None  # from the lower end of P(U)'s interval
     top: list[dict] = field(default_factory=list)  # most probable consistent functions
+    kind: str = "prior"  # 'prior': Bayesian posterior from prior draws; 'optimizer': P_opt(f|S)
+    n_failed: int = 0  # optimizer tables: trainings that did not reach zero error (not counted)
+    notes: list[str] = field(default_factory=list)  # what was not computed, and why
 
     def to_dataframe(self, which: str = "error_distribution"):
         """pandas DataFrame of the ``error_distribution`` (columns error, posterior: the posterior
@@ -186,6 +194,23 @@ class PosteriorResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _check_optimizer_training_set(table: FrequencyTable, idx: np.ndarray, lab: np.ndarray) -> None:
+    """An optimizer table answers only for the training set its spec trained on."""
+    from volume.inputs import load_inputs, target_labels
+
+    tr = table.spec.training
+    own = np.sort(np.asarray(tr.train_indices, dtype=np.int64))
+    why = (f"the table holds functions {tr.optimizer} found after training to zero error on the spec's own "
+           f"training set ({own.size} inputs labelled by {tr.target[:40]!r}); ")
+    if not np.array_equal(np.sort(idx), own):
+        raise VolumeError(why + "a posterior on another training set is not defined by these draws: give --train "
+                          "with exactly the spec's training.train_indices, or use a prior table of the same network "
+                          "(the spec without [training])")
+    y = target_labels(load_inputs(table.spec.inputs), tr.target, table.classes)
+    if not np.array_equal(y[idx], lab):
+        raise VolumeError(why + "the training labels given differ from that target's on S: give the spec's target")
 
 
 def _consistent(table: FrequencyTable, train_indices: np.ndarray, train_labels: np.ndarray,
@@ -220,6 +245,9 @@ def posterior(table: FrequencyTable, train_indices, train_labels, target=None, *
     if n == 0:
         raise VolumeError("the table is empty: sample first")
     idx, lab = check_training_set(table, train_indices, train_labels)
+    optimizer = table.spec.training is not None
+    if optimizer:
+        _check_optimizer_training_set(table, idx, lab)
     test = np.setdiff1d(np.arange(table.n_inputs), idx)
     tgt = None if target is None else parse_function(target, table.n_inputs, table.classes)
     if tgt is not None and not np.array_equal(tgt[idx], lab):
@@ -250,7 +278,19 @@ def posterior(table: FrequencyTable, train_indices, train_labels, target=None, *
         n_samples=n, n_consistent=n_u, n_consistent_functions=n_fun, p_u=n_u / n, p_u_lower=lo, p_u_upper=hi,
         confidence=confidence, train_size=int(idx.size), test_size=int(test.size),
     )
-    if idx.size >= 2:
+    if optimizer:
+        if n_u != n:
+            raise VolumeError(f"optimizer table: {n - n_u} of {n} counted functions disagree with the training set "
+                              "they were trained on; the table is corrupt")
+        result.kind, result.n_failed = "optimizer", table.n_failed
+        result.p_u = result.p_u_lower = result.p_u_upper = None
+        result.notes = [
+            "P_opt(f|S) of the functions an optimizer found: every counted training agrees with S, so P(U) "
+            "and the PAC-Bayes bound (which need the prior mass of the functions that agree with S) are not "
+            "computed; use a prior table of the same network (the spec without [training])",
+            f"{table.n_failed} of {table.n_attempts} trainings did not reach zero training error and are "
+            "not in P_opt(f|S)"]
+    elif idx.size >= 2:
         result.pac_bayes_bound = pac_bayes_bound(n_u / n, idx.size, delta)
         result.pac_bayes_bound_conservative = pac_bayes_bound(lo, idx.size, delta) if lo > 0 else 1.0
     if n_u and tgt is not None and test.size:
@@ -264,8 +304,9 @@ def posterior(table: FrequencyTable, train_indices, train_labels, target=None, *
         counts = np.concatenate(best_counts)
         order = np.argsort(-counts.astype(np.float64), kind="stable")[:top]
         for lab_f, c in zip(labels[order], counts[order]):
-            entry = {"function": labels_to_text(lab_f), "count": int(c), "posterior": int(c) / n_u,
-                     "prior": int(c) / n}
+            entry = {"function": labels_to_text(lab_f), "count": int(c), "posterior": int(c) / n_u}
+            if not optimizer:
+                entry["prior"] = int(c) / n
             if tgt is not None and test.size:
                 entry["error"] = float(np.mean(lab_f[test] != tgt[test]))
             result.top.append(entry)

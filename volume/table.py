@@ -9,7 +9,9 @@ of different specs or random streams, or counting a block twice, raises :class:`
 On disk (HDF5, readable with plain h5py): root attributes ``format="volume-table"``,
 ``format_version``, ``spec`` (JSON), ``spec_id``, ``random_stream`` (the version of the random
 stream the draws came from; absent in tables of version 1), ``n_samples``, ``library_version``,
-``torch_version`` and ``numpy_version`` (of the process that wrote the file);
+``torch_version`` and ``numpy_version`` (of the process that wrote the file), and for
+tables of optimizer-found functions ``n_trainings`` and ``n_failed`` (trainings that did not reach
+zero error; they follow from the blocks, len(blocks) * block_size - n_samples, and are checked on load);
 datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts`` (uint64, U),
 ``blocks`` (int64, sorted). Writes go to a temporary file in the same directory that is
 renamed over the target, so a reader sees the old table or the new one, never half.
@@ -134,6 +136,19 @@ class FrequencyTable:
         return int(self.counts.sum(dtype=np.uint64))
 
     @property
+    def n_attempts(self) -> int:
+        """Draws made for the blocks counted: len(blocks) * block_size. For a prior table this is
+        n_samples; for an optimizer table (spec with ``training``) it counts every training."""
+        return int(len(self.blocks)) * self.spec.block_size
+
+    @property
+    def n_failed(self) -> int:
+        """Trainings that did not reach zero training error (optimizer tables; 0 for prior
+        tables): they are not among the counted functions. A block always holds block_size
+        trainings, so this follows from the blocks and merges and resumes exactly."""
+        return self.n_attempts - self.n_samples if self.spec.training is not None else 0
+
+    @property
     def n_distinct(self) -> int:
         return int(self.keys.shape[0])
 
@@ -246,6 +261,9 @@ class FrequencyTable:
             f.attrs["library_version"] = __version__
             f.attrs["torch_version"] = _package_version("torch")
             f.attrs["numpy_version"] = np.__version__
+            if self.spec.training is not None:  # for plain-h5py readers; checked on load
+                f.attrs["n_trainings"] = np.uint64(self.n_attempts)
+                f.attrs["n_failed"] = np.uint64(self.n_failed)
             f.create_dataset("keys", data=self.keys, dtype=np.uint8, chunks=True if self.n_distinct else None,
                              compression="gzip" if self.n_distinct > 4096 else None)
             f.create_dataset("counts", data=self.counts, dtype=np.uint64)
@@ -269,6 +287,7 @@ class FrequencyTable:
                 stored_id = str(f.attrs["spec_id"])
                 stream = int(f.attrs.get("random_stream", 1))
                 n_samples = int(f.attrs["n_samples"])
+                n_failed = int(f.attrs["n_failed"]) if "n_failed" in f.attrs else None
                 keys = f["keys"][...]
                 counts = f["counts"][...]
                 blocks = f["blocks"][...]
@@ -289,6 +308,9 @@ class FrequencyTable:
         table = cls(spec, keys, counts, blocks, stream)
         if table.n_samples != n_samples:
             raise TableError(f"table {str(p)!r}: counts sum to {table.n_samples} but n_samples = {n_samples}")
+        if table.n_failed < 0 or (n_failed is not None and n_failed != table.n_failed):
+            raise TableError(f"table {str(p)!r}: {len(table.blocks)} blocks of {spec.block_size} trainings with "
+                             f"{table.n_samples} converged leave {table.n_failed} failed, but n_failed = {n_failed}")
         v = table._void
         if table.n_distinct > 1 and (np.any(v[1:] == v[:-1])
                                      or np.any(np.argsort(v, kind="stable") != np.arange(len(v)))):
@@ -308,5 +330,6 @@ class FrequencyTable:
             "classes": self.classes,
             "key_bytes": self.key_bytes,
             "singletons": int(np.count_nonzero(self.counts == 1)),
+            **({"n_trainings": self.n_attempts, "n_failed": self.n_failed} if self.spec.training is not None else {}),
         }
 

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "volume posterior digits.h5 --train 0-19 --target ge5",
                      "volume posterior boolean7.h5 --train 0-7 --labels 00010111"])
     p.add_argument("table", help=TABLE_HELP)
-    p.add_argument("--train", default=None, help=TRAIN_HELP)
+    p.add_argument("--train", default=None, help=TRAIN_HELP + " (default for a table of optimizer-found functions: "
+                   "its spec's training set and target)")
     p.add_argument("--train-size", type=int, default=None, help="instead of --train: a random training set of this size")
     p.add_argument("--train-seed", type=int, default=0, help="seed of the random training set of --train-size")
     p.add_argument("--labels", default=None, help="training labels, one character per training index (else from --target)")
@@ -130,6 +131,9 @@ def cmd_info(args) -> int:
     print(f"spec        {json.dumps(info['spec'], sort_keys=True)}")
     print(f"draws       {info['n_samples']}  in {info['n_blocks']} blocks")
     print(f"distinct    {info['n_distinct']} functions on {info['n_inputs']} inputs, {info['singletons']} seen once")
+    if "n_failed" in info:
+        print(f"trainings   {info['n_trainings']}: {info['n_samples']} reached zero training error and are counted, "
+              f"{info['n_failed']} did not")
     if table.n_samples:
         print(f"unseen mass {info['good_turing_unseen_mass']:.4g} (Good-Turing N1/N)")
         print(f"entropy     {info['entropy_bits']['plugin']:.3f} bits (plug-in), "
@@ -153,6 +157,10 @@ def cmd_posterior(args) -> int:
     from volume.table import FrequencyTable
 
     table = FrequencyTable.load(args.table)
+    tr = table.spec.training
+    if tr is not None and args.train is None and args.train_size is None:
+        args.train = ",".join(str(i) for i in tr.train_indices)  # an optimizer table's own training set
+        args.target = args.target or tr.target
     if (args.train is None) == (args.train_size is None):
         raise VolumeError("give exactly one of --train INDICES or --train-size K")
     if args.train is not None:
@@ -177,15 +185,23 @@ def cmd_posterior(args) -> int:
         print(json.dumps(res.to_dict(), indent=2))
         return 0
     print(f"training set  {res.train_size} inputs, test {res.test_size}")
-    print(f"P(U)          {res.p_u:.4g}  {100 * res.confidence:g}% CI [{res.p_u_lower:.4g}, {res.p_u_upper:.4g}]  "
-          f"({res.n_consistent} of {res.n_samples} draws, {res.n_consistent_functions} distinct functions)")
+    if res.kind == "optimizer":
+        print(f"optimizer     {res.n_samples} of {res.n_samples + res.n_failed} trainings reached zero training error "
+              f"({res.n_failed} did not: not counted), {res.n_consistent_functions} distinct functions")
+    else:
+        print(f"P(U)          {res.p_u:.4g}  {100 * res.confidence:g}% CI [{res.p_u_lower:.4g}, {res.p_u_upper:.4g}]  "
+              f"({res.n_consistent} of {res.n_samples} draws, {res.n_consistent_functions} distinct functions)")
     if res.expected_error is not None:
-        print(f"gen. error    {res.expected_error:.4f} +- {res.expected_error_stderr:.4f} (posterior mean, standard error)")
+        what = "optimizer's mean over P_opt(f|S)" if res.kind == "optimizer" else "posterior mean"
+        print(f"gen. error    {res.expected_error:.4f} +- {res.expected_error_stderr:.4f} ({what}, standard error)")
     if res.pac_bayes_bound is not None:
         print(f"PAC-Bayes     {res.pac_bayes_bound:.4f} (conservative: {res.pac_bayes_bound_conservative:.4f})")
+    for note in res.notes:
+        print(f"note          {note}")
+    name = "P_opt(f|S)" if res.kind == "optimizer" else "P(f|S)"
     for entry in res.top:
         err = f"  error={entry['error']:.4f}" if "error" in entry else ""
-        print(f"  {entry['function']}  P(f|S)={entry['posterior']:.4g}  n={entry['count']}{err}")
+        print(f"  {entry['function']}  {name}={entry['posterior']:.4g}  n={entry['count']}{err}")
     return 0
 
 

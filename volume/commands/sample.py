@@ -109,4 +109,7 @@ def _sample(spec: ExperimentSpec, args: argparse.Namespace) -> int:
             table = run_job(spec, n, args.output, address=args.address, workers=args.workers, pool=args.pool,
                             on_workers=lambda k: bar.set_postfix(workers=k), **common)
     print(f"{args.output}: {table.n_samples} draws, {table.n_distinct} distinct functions (spec {spec.spec_id})")
+    if spec.training is not None:
+        print(f"{table.n_failed} of {table.n_attempts} trainings did not reach zero training error: not counted "
+              "(the table records them as n_failed)")
     return 0

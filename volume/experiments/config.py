@@ -5,11 +5,18 @@ Layout (see examples/flatness_small.toml and examples/flatness.toml)::
     name = "flatness"
     [measures]                 # how each flatness measure is estimated
     [rescale]                  # alpha-rescaling applied to every minimum
-    [[systems]]                # one per data set: spec, target, split, how the volume is found
+    pool_losses = false        # also correlate over CE and MSE minima together (labelled 'ce+mse')
+    [[systems]]                # one per data set: spec, target, split, attack sets, how the volume is found
     [[systems.runs]]           # optimizer settings; `repeats` trainings each
 
 ``threads`` (default 1) is the number of torch threads during the run: the networks are
 small, so one thread avoids OpenMP synchronisation that costs more than it saves.
+
+Attack sets (Zhang et al. 2021): a system with ``attack_sizes = [0, 50, 100]`` splits its
+inputs into the training set S (``train_size``), the test set T (``test_size``, default all
+inputs outside S and the largest attack set) and an attack pool (the rest); for each size a
+the first a inputs of a seeded permutation of the pool (``attack_seed``) join the training set
+with their target labels flipped, so the attack sets are nested. Test errors are on T only.
 
 A system's ``spec`` is a path to a spec file (relative to the config file) or an inline
 table; a relative ``inputs.path`` is taken relative to the config file too. Unknown or
@@ -27,9 +34,9 @@ from typing import Any
 
 from volume.checks import positive_int
 from volume.errors import VolumeError
+from volume.experiments.volume_fn import VOLUME_METHODS
 from volume.spec import ExperimentSpec, Training
 
-VOLUME_METHODS = ("table", "gp")
 
 
 def _err(path: str, value: Any, fix: str) -> VolumeError:
@@ -55,6 +62,29 @@ def _positive(path: str, v: Any, integer: bool = True) -> None:
         positive_int(v, f"experiment config field '{path}'")
     elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise _err(path, v, "must be a positive number")
+
+
+def read_toml(path: str | Path, example: str) -> tuple[dict, Path]:
+    """(the TOML of an experiment config, its directory); a one-line error if missing or invalid."""
+    p = Path(path)
+    if not p.is_file():
+        raise VolumeError(f"experiment config {str(p)!r} does not exist: give a .toml file (see {example})")
+    try:
+        return tomllib.loads(p.read_text()), p.resolve().parent
+    except tomllib.TOMLDecodeError as e:
+        raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
+
+
+def load_spec(path: str, d: Any, base: Path) -> ExperimentSpec:
+    """A config's spec: a spec file path (relative to the config) or an inline table; a relative
+    ``inputs.path`` is taken relative to the config file; any ``training`` section is dropped."""
+    if isinstance(d, str):
+        spec = ExperimentSpec.load(base / d)  # a spec file resolves its own inputs.path
+    elif isinstance(d, dict):
+        spec = ExperimentSpec.from_dict(d).relative_to(base)
+    else:
+        raise _err(path, d, "a spec file path or an inline table")
+    return spec.replace(training=None)
 
 
 @dataclass(frozen=True)
@@ -139,9 +169,18 @@ class System:
     target: str
     train_size: int
     split_seed: int = 0
-    volume: tuple[str, ...] = ("table",)  # how log P(f) is found: "table" and/or "gp"
+    volume: tuple[str, ...] = ("table",)  # how log P(f) is found: "table", "gp", "auto" (volume_fn.py)
     prior_blocks: int = 16
     runs: tuple[Run, ...] = ()
+    test_size: int | None = None  # default: every input outside S and the largest attack set
+    attack_sizes: tuple[int, ...] = (0,)
+    attack_seed: int = 0
+    importance_samples: int = 0  # GP volume: importance-sampling correction with this many samples
+    volume_train_test: bool = False  # also the GP ln P of the labels on S and T alone (log_prior_gp_st)
+
+    @property
+    def n_test(self) -> int:
+        return self.test_size if self.test_size is not None else self.spec.n_inputs - self.train_size - max(self.attack_sizes)
 
 
 @dataclass(frozen=True)
@@ -151,24 +190,22 @@ class FlatnessConfig:
     measures: Measures = field(default_factory=Measures)
     rescale: Rescale = field(default_factory=Rescale)
     systems: tuple[System, ...] = ()
+    pool_losses: bool = False  # also correlate CE and MSE minima together, labelled 'ce+mse'
+    source: dict = field(default_factory=dict, compare=False)  # the config as read, for reports
 
     @classmethod
     def load(cls, path: str | Path) -> "FlatnessConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise VolumeError(f"experiment config {str(p)!r} does not exist: give a .toml file (see examples/flatness*.toml)")
-        try:
-            d = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
-        return cls.from_dict(d, base=p.resolve().parent)
+        d, base = read_toml(path, "examples/flatness*.toml")
+        return cls.from_dict(d, base=base)
 
     @classmethod
     def from_dict(cls, d: dict, base: Path = Path(".")) -> "FlatnessConfig":
-        unknown = set(d) - {"name", "threads", "measures", "rescale", "systems"}
+        unknown = set(d) - {"name", "threads", "measures", "rescale", "systems", "pool_losses"}
         if unknown:
             raise VolumeError(f"unknown experiment config field(s) {sorted(unknown)}: "
-                              "allowed are name, threads, measures, rescale, systems")
+                              "allowed are name, threads, measures, rescale, systems, pool_losses")
+        if not isinstance(d.get("pool_losses", False), bool):
+            raise _err("pool_losses", d["pool_losses"], "true or false")
         _positive("threads", d.get("threads", 1))
         systems = d.get("systems", [])
         if not isinstance(systems, list) or not systems:
@@ -176,7 +213,8 @@ class FlatnessConfig:
         return cls(name=str(d.get("name", "flatness")), threads=int(d.get("threads", 1)),
                    measures=_build("measures", Measures, d.get("measures", {})),
                    rescale=_build("rescale", Rescale, d.get("rescale", {})),
-                   systems=tuple(_system(i, s, base) for i, s in enumerate(systems)))
+                   systems=tuple(_system(i, s, base) for i, s in enumerate(systems)),
+                   pool_losses=bool(d.get("pool_losses", False)), source=d)
 
 
 def _system(i: int, d: Any, base: Path) -> System:
@@ -190,14 +228,7 @@ def _system(i: int, d: Any, base: Path) -> System:
     for req in ("name", "spec", "target", "train_size"):
         if req not in d:
             raise _err(f"{path}.{req}", None, "is required")
-    spec_d = d["spec"]
-    if isinstance(spec_d, str):
-        spec = ExperimentSpec.load(base / spec_d)
-    elif isinstance(spec_d, dict):
-        spec = ExperimentSpec.from_dict(spec_d).relative_to(base)  # a spec file resolves its own path
-    else:
-        raise _err(f"{path}.spec", spec_d, "a spec file path or an inline table")
-    spec = spec.replace(training=None)
+    spec = load_spec(f"{path}.spec", d["spec"], base)
     _positive(f"{path}.train_size", d["train_size"])
     if d["train_size"] >= spec.n_inputs:
         raise _err(f"{path}.train_size", d["train_size"], f"must be < {spec.n_inputs} (the rest is the test set)")
@@ -207,10 +238,29 @@ def _system(i: int, d: Any, base: Path) -> System:
             or any(v not in VOLUME_METHODS for v in volume)):
         raise _err(f"{path}.volume", d.get("volume"), f"one or a list of {', '.join(VOLUME_METHODS)}")
     _positive(f"{path}.prior_blocks", d.get("prior_blocks", 16))
+    attack = d.get("attack_sizes", [0])
+    if (not isinstance(attack, list) or not attack or len(set(attack)) != len(attack)
+            or any(isinstance(a, bool) or not isinstance(a, int) or a < 0 for a in attack)):
+        raise _err(f"{path}.attack_sizes", attack, "a list of distinct integers >= 0, e.g. [0, 50, 100]")
+    n_free = spec.n_inputs - d["train_size"] - max(attack)
+    test_size = d.get("test_size")
+    if test_size is not None:
+        _positive(f"{path}.test_size", test_size)
+    if (test_size if test_size is not None else n_free) > n_free or n_free < 1:
+        raise _err(f"{path}.test_size" if test_size is not None else f"{path}.attack_sizes",
+                   test_size if test_size is not None else attack,
+                   f"train_size + test_size + max(attack_sizes) must be <= {spec.n_inputs} inputs with a test set left")
+    if not isinstance(d.get("volume_train_test", False), bool):
+        raise _err(f"{path}.volume_train_test", d["volume_train_test"], "true or false")
+    imp = d.get("importance_samples", 0)
+    if isinstance(imp, bool) or not isinstance(imp, int) or imp < 0:
+        raise _err(f"{path}.importance_samples", imp, "an integer >= 0")
     runs = d.get("runs", [])
     if not isinstance(runs, list) or not runs:
         raise _err(f"{path}.runs", runs, "give at least one [[systems.runs]] table")
     return System(name=str(d["name"]), spec=spec, target=str(d["target"]), train_size=int(d["train_size"]),
                   split_seed=int(d.get("split_seed", 0)), volume=tuple(volume),
-                  prior_blocks=int(d.get("prior_blocks", 16)),
+                  prior_blocks=int(d.get("prior_blocks", 16)), test_size=test_size,
+                  attack_sizes=tuple(sorted(attack)), attack_seed=int(d.get("attack_seed", 0)),
+                  importance_samples=imp, volume_train_test=bool(d.get("volume_train_test", False)),
                   runs=tuple(Run.from_dict(f"{path}.runs[{j}]", r) for j, r in enumerate(runs)))

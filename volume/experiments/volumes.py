@@ -39,17 +39,24 @@ def table_log_prior(table: FrequencyTable, labels: np.ndarray) -> tuple[float, b
 
 class GPVolume:
     """log P(f) by volume.gp.estimate.log_prior with the spec's analytic kernel, computed
-    once; results cached by function."""
+    once; results cached by function. ``importance_samples`` > 0 adds the importance-sampling
+    correction (seeded by ``seed``); ``result(labels)`` is the whole GPLogPrior."""
 
-    def __init__(self, spec: ExperimentSpec):
+    def __init__(self, spec: ExperimentSpec, importance_samples: int = 0, seed: int = 0):
         self.spec = spec
-        self.cache: dict[bytes, float] = {}
+        self.importance_samples = importance_samples
+        self.seed = seed
+        self.cache: dict[bytes, object] = {}
         self.kernel = None
 
-    def __call__(self, labels: np.ndarray) -> float:
+    def result(self, labels: np.ndarray):
         if self.kernel is None:
             self.kernel = spec_kernel(self.spec, "analytic", load_inputs(self.spec.inputs))[0]
-        key = labels.tobytes()
+        key = np.asarray(labels, dtype=np.uint8).tobytes()
         if key not in self.cache:
-            self.cache[key] = float(log_prior(self.spec, labels, kernel_matrix=self.kernel).log_p)
+            self.cache[key] = log_prior(self.spec, labels, kernel_matrix=self.kernel,
+                                        importance_samples=self.importance_samples, seed=self.seed)
         return self.cache[key]
+
+    def __call__(self, labels: np.ndarray) -> float:
+        return float(self.result(labels).log_p)

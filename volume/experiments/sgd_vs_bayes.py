@@ -1,0 +1,335 @@
+"""Optimizer against Bayes, function by function (Mingard et al. 2021, "Is SGD a Bayesian
+sampler? Well, almost", JMLR 22).
+
+For a training set S (``train_size`` inputs drawn with ``split_seed``, labelled by the target)
+and a test set T (``test_size`` of the other inputs, default all of them), a function is its
+labels on S and T: with a small T functions repeat among a few hundred trainings, as in
+Mingard et al.'s experiments, and both sides are marginals over the other inputs (counted by
+projecting the tables' functions onto S and T; in the GP by taking the sub-kernel of S and T).
+
+* P_opt(f|S): ``trainings`` networks, each a prior draw trained to zero error on S
+  (:class:`volume.train.TrainingRun`, blocks of ``training_block_size``). P_opt(f|S) = n_f / n_conv
+  over the n_conv trainings that converged; ln P_opt has standard error sqrt(1/n_f - 1/n_conv)
+  (multinomial, delta method). Trainings that did not reach zero error are counted and reported
+  (``n_failed``), never dropped silently; the optimizer table of each S is saved as HDF5.
+* P(f|S) = P(f) / P(U) (Bayes with the zero-error likelihood). Where the prior table (``prior_blocks``
+  blocks of the spec) holds f: counted, n_f / n_U over the n_U prior draws consistent with S,
+  standard error sqrt(1/n_f - 1/n_U). Where it does not: ln P(f) from the injectable estimator
+  (:func:`volume.experiments.volume_fn.make_volume_fn`, method ``volume``) minus ln P(U) from the
+  same GP (:func:`volume.experiments.volume_fn.gp_log_p_subset`), so the ratio is taken within one
+  estimator (both importance-corrected, or both plain EP when f's correction failed). Each
+  function's row names the method that gave it.
+* Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
+  consistent with S (counted, from the prior table projected onto S and T) when there are at least
+  ``min_consistent`` of them; the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
+* Agreement: Pearson r of log10 P_opt against log10 P(f|S) over the functions found (all, and the
+  counted ones alone), the P_opt-weighted mean |log10 P_opt / P(f|S)|, the optimizer mass on
+  functions within a factor 10 of Bayes, the Bayesian mass of the functions found, and the total
+  variation distance between the two error distributions.
+
+Outputs: ``functions.csv``, ``errors.csv``, ``opt_<m>.h5``, ``sgd_vs_bayes_<m>.png``,
+``summary.json`` (strict JSON) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from volume.errors import VolumeError
+from volume.experiments.config import Run, _err, _positive, load_spec, read_toml
+from volume.experiments.flatness_vs_volume import split_indices
+from volume.experiments.output import markdown_table, write_csv, write_json, write_report
+from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_subset, log_count_se, make_volume_fn
+from volume.spec import ExperimentSpec
+
+FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks", "volume", "importance_samples",
+          "training", "trainings", "training_block_size", "min_consistent", "threads", "test_size")
+
+
+@dataclass(frozen=True)
+class SgdBayesConfig:
+    name: str
+    spec: ExperimentSpec
+    target: str
+    train_sizes: tuple[int, ...]
+    run: Run  # optimizer settings; run.repeats = trainings
+    split_seed: int = 0
+    prior_blocks: int = 16
+    volume: str = "gp"  # estimator for functions the prior table does not hold
+    importance_samples: int = 0
+    test_size: int | None = None  # compare functions on S and this many test inputs (default: all the rest)
+    training_block_size: int = 64
+    min_consistent: int = 100  # counted P_B(eps) needs this many consistent prior draws
+    threads: int = 1
+    source: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def trainings(self) -> int:
+        return self.run.repeats
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SgdBayesConfig":
+        d, base = read_toml(path, "examples/sgd_vs_bayes*.toml")
+        return cls.from_dict(d, base=base)
+
+    @classmethod
+    def from_dict(cls, d: dict, base: Path = Path(".")) -> "SgdBayesConfig":
+        unknown = set(d) - set(FIELDS)
+        if unknown:
+            raise VolumeError(f"unknown experiment config field(s) {sorted(unknown)}: allowed are {', '.join(FIELDS)}")
+        for req in ("spec", "target", "train_sizes", "training"):
+            if req not in d:
+                raise _err(req, None, "is required")
+        spec = load_spec("spec", d["spec"], base)
+        sizes = d["train_sizes"]
+        if (not isinstance(sizes, list) or not sizes or len(set(sizes)) != len(sizes)
+                or any(isinstance(m, bool) or not isinstance(m, int) or not 2 <= m < spec.n_inputs for m in sizes)):
+            raise _err("train_sizes", sizes, f"a list of distinct integers in 2..{spec.n_inputs - 1}")
+        volume = d.get("volume", "gp")
+        if volume not in VOLUME_METHODS or volume == "table":
+            raise _err("volume", volume, "the estimator for functions the table lacks: 'gp' (or 'auto')")
+        for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads", "test_size"):
+            if name in d:
+                _positive(name, d[name])
+        imp = d.get("importance_samples", 0)
+        if isinstance(imp, bool) or not isinstance(imp, int) or imp < 0 or imp == 1:
+            raise _err("importance_samples", imp, "0 (none) or an integer >= 2")
+        training = dict(d["training"]) if isinstance(d["training"], dict) else d["training"]
+        if not isinstance(training, dict):
+            raise _err("training", training, "a table of optimizer settings (optimizer, lr, batch_size, loss, ...)")
+        run = Run.from_dict("training", {**training, "repeats": d.get("trainings", 256)})
+        return cls(name=str(d.get("name", "sgd-vs-bayes")), spec=spec, target=str(d["target"]),
+                   train_sizes=tuple(sizes), run=run, split_seed=int(d.get("split_seed", 0)),
+                   prior_blocks=int(d.get("prior_blocks", 16)), volume=volume, importance_samples=imp,
+                   training_block_size=int(d.get("training_block_size", 64)), test_size=d.get("test_size"),
+                   min_consistent=int(d.get("min_consistent", 100)), threads=int(d.get("threads", 1)), source=d)
+
+
+def optimizer_functions(config: SgdBayesConfig, inputs, train_idx: np.ndarray):
+    """(optimizer table, number of trainings that did not reach zero error) for one S."""
+    from volume.table import FrequencyTable
+    from volume.train import TrainingRun
+
+    bs = min(config.training_block_size, config.trainings)
+    blocks = list(range(math.ceil(config.trainings / bs)))
+    tspec = config.spec.replace(block_size=bs, training=config.run.training(train_idx.tolist(), config.target))
+    tr = TrainingRun(tspec, inputs)
+    found, failed = [], 0
+    for b in blocks:
+        labels, nf = tr.block(b)
+        found.append(labels)
+        failed += nf
+    return FrequencyTable.from_labels(tspec, np.concatenate(found), blocks), failed
+
+
+def project(table, indices: np.ndarray, keep=None, chunk: int = 1 << 16) -> dict[bytes, int]:
+    """Counts of the table's functions restricted to ``indices`` (marginal counts), over the
+    functions for which ``keep(labels)`` (a row mask) holds: {labels on indices as bytes: count}."""
+    from volume.keys import unpack_keys
+
+    out: dict[bytes, int] = {}
+    for start in range(0, table.n_distinct, chunk):
+        lab = unpack_keys(table.keys[start:start + chunk], table.n_inputs, table.classes)
+        counts = table.counts[start:start + chunk]
+        if keep is not None:
+            ok = keep(lab)
+            lab, counts = lab[ok], counts[ok]
+        sub = np.ascontiguousarray(lab[:, indices])
+        uniq, inv = np.unique(sub, axis=0, return_inverse=True)
+        for u, c in zip(uniq, np.bincount(inv.ravel(), weights=counts.astype(np.float64), minlength=len(uniq))):
+            out[u.tobytes()] = out.get(u.tobytes(), 0) + int(round(c))
+    return out
+
+
+def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, K, volume_fn,
+             out: Path, log: Callable[[str], None]) -> tuple[list[dict], list[dict], dict]:
+    """Function rows, error rows and the summary of one training-set size m (module docstring)."""
+    from volume.gp.posterior import gp_posterior
+    from volume.keys import labels_to_hex
+
+    spec = config.spec
+    n = inputs.n_inputs
+    train = split_indices(n, m, config.split_seed)
+    rest = np.setdiff1d(np.arange(n), train)
+    test = rest if config.test_size is None else np.sort(
+        np.random.default_rng([config.split_seed, m]).choice(rest, size=min(config.test_size, rest.size), replace=False))
+    ev = np.sort(np.concatenate([train, test]))  # the functions compared are the labels on S and T
+    pos_s, pos_t = np.searchsorted(ev, train), np.searchsorted(ev, test)
+    full = ev.size == n
+    t0 = time.perf_counter()
+    opt, failed = optimizer_functions(config, inputs, train)
+    opt.save(out / f"opt_{m}.h5")
+    n_conv = opt.n_samples
+    log(f"[|S|={m}] {n_conv} of {n_conv + failed} trainings reached zero error, {opt.n_distinct} functions on all "
+        f"inputs ({time.perf_counter() - t0:.1f} s)")
+    opt_e = project(opt, ev)
+    if any(not np.array_equal(np.frombuffer(f, np.uint8)[pos_s], target[train]) for f in opt_e):
+        raise VolumeError("an optimizer-found function disagrees with S: the training bookkeeping is wrong")
+    prior_e = project(prior, ev, keep=lambda lab: np.all(lab[:, train] == target[None, train], axis=1))
+    n_u = sum(prior_e.values())
+    gp = gp_posterior(K, train, target[train], target)
+    if n_u > 0:
+        log_pu, log_pu_se, pu_method = math.log(n_u / prior.n_samples), log_count_se(n_u, prior.n_samples), "table"
+    else:
+        log_pu, log_pu_se, pu_method = math.nan, math.nan, "none"
+    gp_pu = gp_log_p_subset(K, train, target[train], importance_samples=config.importance_samples,
+                            seed=config.split_seed)
+    gp_pu_ep = gp_log_p_subset(K, train, target[train]) if gp_pu.method == "ep+is" else gp_pu
+    rows = []
+    for f, n_opt in sorted(opt_e.items(), key=lambda kv: -kv[1]):
+        lab_e = np.frombuffer(f, np.uint8)
+        n_f = prior_e.get(f, 0)
+        err = float(np.mean(lab_e[pos_t] != target[test]))
+        row = {"train_size": m, "function": labels_to_hex(lab_e, opt.classes), "error": err, "n_opt": n_opt,
+               "p_opt": n_opt / n_conv, "log_p_opt": math.log(n_opt / n_conv),
+               "log_p_opt_se": log_count_se(n_opt, n_conv), "n_prior": n_f}
+        if n_f > 0:
+            row.update(log_prior=math.log(n_f / prior.n_samples), log_prior_method="table",
+                       log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=log_count_se(n_f, n_u), method="table")
+        else:
+            if full:
+                lab = np.empty(n, np.uint8)
+                lab[ev] = lab_e
+                v = volume_fn(spec, lab)
+            else:  # the marginal on S and T: the GP's sub-kernel (no network estimator takes subsets)
+                v = gp_log_p_subset(K, ev, lab_e, importance_samples=config.importance_samples, seed=config.split_seed)
+            pu = gp_pu if v.method == "ep+is" else gp_pu_ep  # both corrected, or both plain EP
+            se = [x for x in (v.stderr, pu.stderr) if x is not None]
+            row.update(log_prior=v.log_p, log_prior_method=v.method, log_p_bayes=v.log_p - pu.log_p,
+                       log_p_bayes_se=math.sqrt(sum(x * x for x in se)) if se and v.stderr is not None else math.nan,
+                       method=f"{v.method}/{pu.method}")
+        rows.append(row)
+    # error distributions: the optimizer's, and the counted Bayesian posterior's (all consistent draws)
+    opt_err: dict[float, int] = {}
+    for r in rows:
+        opt_err[r["error"]] = opt_err.get(r["error"], 0) + r["n_opt"]
+    bayes_err: dict[float, int] = {}
+    if n_u >= config.min_consistent:
+        for f, c in prior_e.items():
+            e = float(np.mean(np.frombuffer(f, np.uint8)[pos_t] != target[test]))
+            bayes_err[e] = bayes_err.get(e, 0) + c
+    counted_bayes = bool(bayes_err)
+    err_rows = [{"train_size": m, "error": e, "n_opt": opt_err.get(e, 0), "p_opt": opt_err.get(e, 0) / n_conv,
+                 "n_bayes": bayes_err.get(e, 0) if counted_bayes else None,
+                 "p_bayes": bayes_err.get(e, 0) / n_u if counted_bayes else None}
+                for e in sorted(set(opt_err) | set(bayes_err))]
+    e_bayes = sum(e * c for e, c in bayes_err.items()) / n_u if counted_bayes else None
+    gp_err = float(np.mean(np.where(target[test] == 1, 1 - gp.p_one[np.searchsorted(gp.test_indices, test)],
+                                    gp.p_one[np.searchsorted(gp.test_indices, test)])))
+    summary = {"train_size": m, "test_size": int(test.size), "functions_on": "all inputs" if full else "S and T",
+               "trainings": n_conv + failed, "n_converged": n_conv,
+               "n_failed": failed, "n_functions_opt": len(opt_e), "prior_draws": prior.n_samples,
+               "n_consistent_prior": n_u, "n_functions_consistent_prior": len(prior_e),
+               "log_p_u_table": log_pu, "log_p_u_table_se": log_pu_se,
+               "log_p_u_gp": gp_pu.log_p, "log_p_u_gp_se": gp_pu.stderr, "log_p_u_gp_method": gp_pu.method,
+               "p_u_method": pu_method,
+               "expected_error_opt": float(sum(r["error"] * r["n_opt"] for r in rows) / n_conv) if n_conv else None,
+               "expected_error_opt_se": _weighted_se([r["error"] for r in rows], [r["n_opt"] for r in rows]),
+               "expected_error_bayes_table": e_bayes,
+               "expected_error_bayes_table_se": _weighted_se(list(bayes_err), list(bayes_err.values())) if counted_bayes else None,
+               "expected_error_bayes_gp": gp_err,
+               "agreement": agreement(rows, err_rows), "seconds": round(time.perf_counter() - t0, 1)}
+    return rows, err_rows, summary
+
+
+def _weighted_se(values: list[float], counts: list[int]) -> float | None:
+    """Standard error of the mean of ``values`` repeated ``counts`` times: std / sqrt(n)."""
+    n = sum(counts)
+    if n < 2:
+        return None
+    v, c = np.asarray(values, float), np.asarray(counts, float)
+    mean = float((v * c).sum() / n)
+    return math.sqrt(max(float((c * (v - mean) ** 2).sum()) / (n - 1), 0.0) / n)
+
+
+def agreement(rows: list[dict], err_rows: list[dict]) -> dict:
+    """How closely P_opt(f|S) follows P(f|S) over the functions found (module docstring)."""
+    res: dict[str, Any] = {"n_functions": len(rows), "n_counted": sum(r["method"] == "table" for r in rows)}
+    for name, sub in (("all", rows), ("counted", [r for r in rows if r["method"] == "table"])):
+        x = np.array([r["log_p_bayes"] for r in sub], float) / math.log(10)
+        y = np.array([r["log_p_opt"] for r in sub], float) / math.log(10)
+        w = np.array([r["p_opt"] for r in sub], float)
+        ok = np.isfinite(x)
+        x, y, w = x[ok], y[ok], w[ok]
+        res[f"pearson_log10_{name}"] = float(np.corrcoef(x, y)[0, 1]) if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0 else None
+        res[f"mean_abs_log10_ratio_{name}"] = float((w * np.abs(y - x)).sum() / w.sum()) if w.sum() > 0 else None
+        res[f"opt_mass_within_10x_{name}"] = float(w[np.abs(y - x) <= 1].sum()) if len(w) else None
+    counted = [r for r in rows if r["method"] == "table"]
+    res["bayes_mass_of_functions_found_counted"] = float(sum(math.exp(r["log_p_bayes"]) for r in counted)) if counted else None
+    if all(e["p_bayes"] is not None for e in err_rows) and err_rows:
+        res["tv_error_distributions"] = 0.5 * float(sum(abs(e["p_opt"] - e["p_bayes"]) for e in err_rows))
+    else:
+        res["tv_error_distributions"] = None
+    return res
+
+
+def run(config: SgdBayesConfig, out: str | Path, *, log: Callable[[str], None] = print, command: str = "") -> dict:
+    """Run every training-set size and write the outputs to ``out``; returns the summary."""
+    from volume.experiments.plots import plot_sgd_vs_bayes
+    from volume.experiments.volumes import prior_table
+    from volume.gp.kernels import spec_kernel
+    from volume.inputs import load_inputs, target_labels
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        spec = config.spec
+        inputs = load_inputs(spec.inputs)
+        target = target_labels(inputs, config.target, spec.output.classes)
+        prior = prior_table(spec, config.prior_blocks)
+        log(f"prior table: {prior.n_samples} draws, {prior.n_distinct} functions ({time.perf_counter() - t0:.1f} s)")
+        K = spec_kernel(spec, "analytic", inputs)[0]
+        volume_fn = make_volume_fn(config.volume, spec, table=prior, importance_samples=config.importance_samples,
+                                   seed=config.split_seed)
+        rows, err_rows, sizes = [], [], []
+        for m in config.train_sizes:
+            r, e, s = run_size(m, config, prior, inputs, target, K, volume_fn, out, log)
+            rows += r
+            err_rows += e
+            sizes.append(s)
+    finally:
+        torch.set_num_threads(threads)
+    write_csv(out / "functions.csv", rows)
+    write_csv(out / "errors.csv", err_rows)
+    plots = []
+    for s in sizes:
+        m = s["train_size"]
+        path = out / f"sgd_vs_bayes_{m}.png"
+        plot_sgd_vs_bayes([r for r in rows if r["train_size"] == m], [e for e in err_rows if e["train_size"] == m],
+                          s, path, title=f"{config.name}: |S| = {m}, {config.run.label}")
+        plots.append(path.name)
+    summary = {"name": config.name, "optimizer": config.run.label, "sizes": sizes, "plots": plots,
+               "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(out / "summary.json", summary)
+    write_report(out / "report.md", f"Optimizer against Bayes: {config.name}", report_sections(sizes),
+                 config.source, plots, command)
+    return summary
+
+
+def report_sections(sizes: list[dict]) -> list[tuple[str, str]]:
+    rows = []
+    for s in sizes:
+        a = s["agreement"]
+        rows.append({"S": s["train_size"], "trainings": s["trainings"], "failed": s["n_failed"],
+                     "functions": s["n_functions_opt"], "counted": a["n_counted"],
+                     "ln P(U) table": s["log_p_u_table"], "ln P(U) GP": s["log_p_u_gp"],
+                     "r log10 (all)": a["pearson_log10_all"], "r log10 (counted)": a["pearson_log10_counted"],
+                     "mean abs log10 ratio": a["mean_abs_log10_ratio_all"], "opt mass within 10x": a["opt_mass_within_10x_all"],
+                     "E err opt": s["expected_error_opt"], "E err Bayes (table)": s["expected_error_bayes_table"],
+                     "E err Bayes (GP)": s["expected_error_bayes_gp"], "TV(err)": a["tv_error_distributions"]})
+    cols = list(rows[0]) if rows else []
+    text = ("Per training-set size: trainings that did not reach zero error ('failed', counted, not in P_opt), "
+            "distinct functions found and how many the prior table holds ('counted'; the others are estimated), "
+            "agreement of log10 P_opt(f|S) with log10 P(f|S), expected test errors and the total variation "
+            "distance between the error distributions (counted Bayes side only).\n\n" + markdown_table(rows, cols))
+    return [("Agreement", text)]
