@@ -18,45 +18,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Sequence
 
 import httpx
 
-from volume.estimate import PosteriorResult, PriorEstimate
-
-TOKEN_ENV = "VOLUME_TOKEN"
-
-
-@dataclass
-class JobStatus:
-    """A sampling job as the service reports it (the wire schema of /jobs)."""
-
-    id: str
-    table: str
-    spec_id: str
-    state: str  # queued | running | done | failed
-    draws_target: int  # draws the table will hold when the job is done
-    draws_done: int  # draws the table holds now (counted, not yet necessarily saved)
-    draws_initial: int  # draws the table held when the job started
-    submitted: float  # unix time
-    finished: float | None = None
-    rate: float | None = None  # draws per second since the job started
-    eta_s: float | None = None
-    n_distinct: int | None = None  # distinct functions when done
-    error: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("queued", "running")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "JobStatus":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+from volume.results import PosteriorResult, PriorEstimate
+from volume.wire import TOKEN_ENV, JobStatus
 
 
 class ServiceError(Exception):

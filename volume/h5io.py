@@ -1,13 +1,22 @@
 """Atomic HDF5 writes shared by every file the project makes (tables, kernels).
 
-``atomic_h5(path)`` yields an open ``h5py.File`` on a temporary file in the target's
-directory; on a clean exit the file is flushed, fsynced and renamed over ``path``
+``atomic_h5(path)`` yields an open ``h5py.File`` on a temporary file ``NAME.XXXX.tmp`` in the
+target's directory; on a clean exit the file is flushed, fsynced and renamed over ``path``
 (``os.replace`` is atomic on POSIX), so a reader sees the old file or the new one, never
-half of one; on any error the temporary file is removed and ``path`` is untouched.
+half of one; on any error the temporary file is removed and ``path`` is untouched (a
+writer killed outright leaves its temporary: ``volume.runner.remove_stale_temporaries``
+removes it on the next run). Files use HDF5's latest format (``libver="latest"``), whose
+metadata (superblock, object headers, B-trees) carries checksums.
+
+Integrity of the content: :func:`checked_dataset` writes a dataset with HDF5's Fletcher-32
+filter (a corrupt chunk fails to read), and :func:`content_digest` is a SHA-256 over the
+content that the writer stores and the reader recomputes, so that a defect anywhere, also
+in an attribute or an unfiltered byte, is an error rather than a different table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
@@ -24,7 +33,7 @@ def atomic_h5(path: str | Path) -> Iterator["h5py.File"]:  # noqa: F821
     fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver="latest") as f:
             yield f
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -35,11 +44,43 @@ def atomic_h5(path: str | Path) -> Iterator["h5py.File"]:  # noqa: F821
         raise
 
 
-def check_format(f: "h5py.File", path: str | Path, fmt: str, version: int, what: str, error: type) -> None:  # noqa: F821
-    """Refuse a file whose ``format``/``format_version`` root attributes are not ours,
-    raising ``error`` with a message that names the file."""
+def check_format(f: "h5py.File", path: str | Path, fmt: str, version: int | tuple[int, ...], what: str,  # noqa: F821
+                 error: type) -> None:
+    """Refuse a file whose ``format``/``format_version`` root attributes are not ours (``version``:
+    the one version, or the versions, this library reads), raising ``error`` with a message
+    that names the file."""
     if f.attrs.get("format") != fmt:
         raise error(f"{str(path)!r} is not a {what} (HDF5 attribute format != {fmt!r})")
     found = int(f.attrs.get("format_version", -1))
-    if found != version:
-        raise error(f"{str(path)!r} has {what} format version {found}; this library reads {version}")
+    versions = (version,) if isinstance(version, int) else tuple(version)
+    if found not in versions:
+        raise error(f"{str(path)!r} has {what} format version {found}; this library reads "
+                    f"{' or '.join(map(str, versions))}")
+
+
+def checked_dataset(f: "h5py.File", name: str, data, dtype, compress: bool = False) -> None:  # noqa: F821
+    """A dataset protected by the Fletcher-32 checksum filter (chunked, as filters need;
+    an empty array gets one chunk of one row)."""
+    import numpy as np
+
+    data = np.asarray(data, dtype=dtype)
+    chunks = tuple(max(1, min(n, 1 << 16)) for n in data.shape) if data.ndim else None
+    maxshape = tuple(None if i == 0 else n for i, n in enumerate(data.shape)) if data.ndim else None
+    f.create_dataset(name, data=data, dtype=dtype, chunks=chunks, maxshape=maxshape, fletcher32=True,
+                     compression="gzip" if compress else None)
+
+
+def content_digest(*parts) -> str:
+    """SHA-256 (hex) over ``parts`` (str, int or numpy arrays), each length-prefixed, arrays
+    with their dtype and shape, so that different contents never give the same byte stream."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            blob = f"{part.dtype.str}{part.shape}".encode() + np.ascontiguousarray(part).tobytes()
+        else:
+            blob = str(part).encode()
+        h.update(len(blob).to_bytes(8, "little"))
+        h.update(blob)
+    return h.hexdigest()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,10 @@ from volume.errors import TableError, VolumeError
 from volume.sampler import Sampler
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
+
+
+class JobCancelled(VolumeError):
+    """A job was cancelled (``stop()`` became true); the blocks counted before are saved."""
 
 
 def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: str = "cpu"):
@@ -97,7 +102,8 @@ class BlockAccumulator:
 def table_lock(path: str | Path | None):
     """Hold an exclusive lock on ``PATH.lock`` while a job writes the table at ``path``, so
     that two jobs never fold blocks into the same file (each would overwrite the other's
-    checkpoints). The lock is released when the holder exits, even if it is killed."""
+    checkpoints). The lock is released when the holder exits, even if it is killed. The
+    new holder first removes the temporaries a killed writer left behind."""
     if path is None:
         yield
         return
@@ -111,17 +117,34 @@ def table_lock(path: str | Path | None):
         except BlockingIOError:
             raise TableError(f"another job is writing {str(path)!r} (it holds {str(lock_path)!r}): "
                              "wait for it to finish, or choose another output path") from None
+        remove_stale_temporaries(path)
         try:
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove ``NAME.h5.XXXX.tmp`` files that a writer killed mid-save left next to the table
+    at ``path`` (``volume.h5io.atomic_h5`` names its temporaries so). Called by the holder of
+    the table's lock, so no live writer of this table owns one of them."""
+    p = Path(path)
+    removed = []
+    for tmp in p.parent.glob(f"{glob_escape(p.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *,
               sub_batch: int | None = None, device: str = "cpu", checkpoint_seconds: float = 30.0,
-              on_block: Callable[[int], None] | None = None) -> FrequencyTable:
+              on_block: Callable[[int], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> FrequencyTable:
     """Draw the missing blocks of a job in this process and return the table (saved to
-    ``out`` if given). ``on_block(draws)`` is called after each block (progress bars)."""
+    ``out`` if given). ``on_block(draws)`` is called after each block (progress bars);
+    ``stop()`` returning true cancels the job between blocks (JobCancelled, after the
+    counted blocks are saved)."""
     table = open_table(spec, out)
     todo = missing_blocks(table, spec, n_draws)
     sampler = block_source(spec, sub_batch=sub_batch, device=device) if todo else None
@@ -130,6 +153,8 @@ def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None,
     torch.set_num_threads(1)  # one thread is as fast as two here, and much faster on a busy machine
     try:
         for b in todo:
+            if stop is not None and stop():
+                raise JobCancelled("the job was cancelled; the blocks counted so far are saved")
             acc.add(b, sampler.keys(b))
             if on_block is not None:
                 on_block(spec.block_size)

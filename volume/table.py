@@ -7,10 +7,16 @@ order (merging is a sorted multiset union: associative and commutative). Merging
 of different specs, or counting a block twice, raises :class:`TableError`.
 
 On disk (HDF5, readable with plain h5py): root attributes ``format="volume-table"``,
-``format_version``, ``spec`` (JSON), ``spec_id``, ``n_samples``, ``library_version``;
-datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts`` (uint64, U),
-``blocks`` (int64, sorted). Writes go to a temporary file in the same directory that is
-renamed over the target, so a reader sees the old table or the new one, never half.
+``format_version``, ``spec`` (JSON), ``spec_id``, ``n_samples``, ``library_version``,
+``content_sha256``; datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts``
+(uint64, U), ``blocks`` (int64, sorted), each with the Fletcher-32 filter. Writes go to a
+temporary file in the same directory that is renamed over the target, so a reader sees the
+old table or the new one, never half.
+
+Integrity (format version 2): ``content_sha256`` is ``volume.h5io.content_digest`` of
+(format, spec JSON, spec_id, n_samples, keys, counts, blocks); ``load`` recomputes it, so a
+corrupt file either fails to load, with an error that names it, or loads as exactly the
+table that was saved. Version 1 files (no checksums) are still read, unverified.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ import numpy as np
 
 from volume import __version__
 from volume.errors import TableError
-from volume.h5io import atomic_h5, check_format
+from volume.h5io import atomic_h5, check_format, checked_dataset, content_digest
 from volume.keys import key_bytes, pack_labels, parse_function
 from volume.spec import ExperimentSpec, SpecError
 
 FORMAT = "volume-table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no checksums
 
 
 def _void(keys: np.ndarray) -> np.ndarray:
@@ -192,37 +199,57 @@ class FrequencyTable:
             f.attrs["spec_id"] = self.spec_id
             f.attrs["n_samples"] = np.uint64(self.n_samples)
             f.attrs["library_version"] = __version__
-            f.create_dataset("keys", data=self.keys, dtype=np.uint8, chunks=True if self.n_distinct else None,
-                             compression="gzip" if self.n_distinct > 4096 else None)
-            f.create_dataset("counts", data=self.counts, dtype=np.uint64)
-            f.create_dataset("blocks", data=self.blocks, dtype=np.int64)
+            f.attrs["content_sha256"] = self._digest(self.spec.to_json(indent=None), self.spec_id, self.n_samples,
+                                                     self.keys, self.counts, self.blocks)
+            checked_dataset(f, "keys", self.keys, np.uint8, compress=self.n_distinct > 4096)
+            checked_dataset(f, "counts", self.counts, np.uint64)
+            checked_dataset(f, "blocks", self.blocks, np.int64)
+
+    @staticmethod
+    def _digest(spec_json: str, spec_id: str, n_samples: int, keys, counts, blocks) -> str:
+        return content_digest(FORMAT, spec_json, spec_id, n_samples, np.asarray(keys, np.uint8),
+                              np.asarray(counts, "<u8"), np.asarray(blocks, "<i8"))
 
     @classmethod
     def load(cls, path: str | Path) -> "FrequencyTable":
         """Read and validate a table; any defect is a TableError naming the file."""
-        import h5py
-
         p = Path(path)
         if not p.is_file():
             raise TableError(f"table file {str(p)!r} does not exist")
         try:
-            with h5py.File(p, "r") as f:
-                check_format(f, p, FORMAT, FORMAT_VERSION, "volume table", TableError)
-                for name in ("keys", "counts", "blocks"):
-                    if name not in f:
-                        raise TableError(f"{str(p)!r} lacks the dataset {name!r}: the file is corrupt")
-                spec_json = f.attrs["spec"]
-                stored_id = str(f.attrs["spec_id"])
-                n_samples = int(f.attrs["n_samples"])
-                keys = f["keys"][...]
-                counts = f["counts"][...]
-                blocks = f["blocks"][...]
-        except TableError:
-            raise
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            raise TableError(f"cannot read table {str(p)!r}: the file is corrupt or truncated ({e})") from None
+            return cls._load(p)
+        except TableError as e:
+            text = str(e)
+            raise TableError(text if str(p) in text else f"table {str(p)!r}: {text}") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError,
+                OverflowError, UnicodeError) as e:
+            raise TableError(f"cannot read table {str(p)!r}: the file is corrupt or truncated "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
+
+    @classmethod
+    def _load(cls, p: Path) -> "FrequencyTable":
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            check_format(f, p, FORMAT, READABLE_VERSIONS, "volume table", TableError)
+            version = int(f.attrs["format_version"])
+            for name in ("keys", "counts", "blocks"):
+                if name not in f or not isinstance(f[name], h5py.Dataset):
+                    raise TableError(f"{str(p)!r} lacks the dataset {name!r}: the file is corrupt")
+            spec_json = f.attrs["spec"]
+            spec_json = spec_json if isinstance(spec_json, str) else spec_json.decode()
+            stored_id = str(f.attrs["spec_id"])
+            n_samples = int(f.attrs["n_samples"])
+            digest = f.attrs.get("content_sha256")
+            keys = f["keys"][...]
+            counts = f["counts"][...]
+            blocks = f["blocks"][...]
+        if version >= 2:
+            if not isinstance(digest, str) or digest != cls._digest(spec_json, stored_id, n_samples, keys, counts, blocks):
+                raise TableError(f"table {str(p)!r}: its content does not match its checksum (content_sha256): "
+                                 "the file is corrupt; sample it again or restore it from a copy")
         try:
-            spec = ExperimentSpec.from_json(spec_json if isinstance(spec_json, str) else spec_json.decode())
+            spec = ExperimentSpec.from_json(spec_json)
         except SpecError as e:
             raise TableError(f"table {str(p)!r} holds an invalid spec: {e}") from None
         if spec.spec_id != stored_id:

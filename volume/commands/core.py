@@ -9,6 +9,7 @@ import numpy as np
 
 from volume.errors import VolumeError
 from volume.estimate import entropy_bits, good_turing_unseen, posterior, prior_estimates, top_estimates
+from volume.parsing import parse_indices, resolve_target
 from volume.table import FrequencyTable
 
 
@@ -46,38 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
     p.add_argument("--max-lz", type=int, default=20000, help="plot LZ complexity of at most this many most frequent functions")
     p.set_defaults(func=cmd_plot)
-
-
-def parse_indices(text: str, n_inputs: int) -> np.ndarray:
-    """'0-3,7,9-10' -> [0,1,2,3,7,9,10] (ranges inclusive)."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise VolumeError(f"--train {text!r} is not a list of indices: use e.g. '0-63' or '0,5,9'") from None
-    idx = np.asarray(out, dtype=np.int64)
-    if idx.size == 0 or idx.min() < 0 or idx.max() >= n_inputs:
-        raise VolumeError(f"--train indices must be non-empty and lie in 0..{n_inputs - 1}")
-    return idx
-
-
-def resolve_target(table: FrequencyTable, target: str) -> np.ndarray:
-    """A target given as a rule of ``volume.inputs.target_labels`` or as a function."""
-    from volume.inputs import load_inputs, target_labels
-    from volume.keys import parse_function
-
-    m, k = table.n_inputs, table.classes
-    if target.lower().startswith("0x") or not (set(target) - set("0123456789abcdefghijklmnopqrstuvwxyz"[:k])):
-        return parse_function(target, m, k)
-    return target_labels(load_inputs(table.spec.inputs), target, k)
 
 
 def _print_estimates(rows, as_json: bool) -> None:
@@ -125,7 +94,7 @@ def cmd_posterior(args) -> int:
     if (args.train is None) == (args.train_size is None):
         raise VolumeError("give exactly one of --train INDICES or --train-size K")
     if args.train is not None:
-        idx = parse_indices(args.train, table.n_inputs)
+        idx = parse_indices(args.train, table.n_inputs, "--train")
     else:
         if not 1 <= args.train_size < table.n_inputs:
             raise VolumeError(f"--train-size must lie in 1..{table.n_inputs - 1}")

@@ -126,15 +126,15 @@ def cmd_kernel(args) -> int:
 
 
 def cmd_posterior(args) -> int:
-    from volume.commands.core import parse_indices
     from volume.gp.estimate import resolve_labels
+    from volume.parsing import parse_indices
     from volume.gp.posterior import gp_posterior
     from volume.inputs import load_inputs
 
     spec = ExperimentSpec.load(args.spec)
     inputs = load_inputs(spec.inputs)
     target = resolve_labels(args.target, inputs)
-    train = parse_indices(args.train, inputs.n_inputs)
+    train = parse_indices(args.train, inputs.n_inputs, "--train")
     res = gp_posterior(_kernel(args, spec, inputs), train, target[train], target,
                        likelihood=args.likelihood, delta=args.delta)
     d = res.to_dict()

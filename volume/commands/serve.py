@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from volume.client import TOKEN_ENV
+from volume.wire import TOKEN_ENV
 from volume.errors import VolumeError
 
 
