@@ -59,6 +59,14 @@ class TooManyJobs(ServiceError):
     """429: the server runs as many jobs as it allows."""
 
 
+class Busy(ServiceError):
+    """503: the request's time budget was spent, or the server is busy: retry later or ask for less."""
+
+
+class TooSlow(ServiceError):
+    """408: the request's body did not arrive in time."""
+
+
 class NotAvailable(ServiceError):
     """501: the feature is not installed on the server."""
 
@@ -72,15 +80,15 @@ class ServiceUnavailable(ServiceError):
 
 
 class JobFailed(ServiceError):
-    """wait(): the job ended in state 'failed'; ``job`` is its last status."""
+    """wait(): the job ended in state 'failed' or 'cancelled'; ``job`` is its last status."""
 
     def __init__(self, job: JobStatus):
-        super().__init__(500, f"job {job.id} on table {job.table!r} failed: {job.error}")
+        super().__init__(500, f"job {job.id} on table {job.table!r} {job.state}: {job.error}")
         self.job = job
 
 
 _ERRORS = {400: BadRequest, 422: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict,
-           413: TooLarge, 429: TooManyJobs, 501: NotAvailable}
+           408: TooSlow, 413: TooLarge, 429: TooManyJobs, 501: NotAvailable, 503: Busy}
 
 
 def _message(response: httpx.Response) -> str:
@@ -168,6 +176,13 @@ class VolumeClient:
         body = {"table": table, "draws": draws, "spec": spec, "add": add}
         return JobStatus.from_dict(self._request("POST", "/jobs", json=body, auth=True))
 
+    def cancel(self, job: JobStatus | str) -> JobStatus:
+        """DELETE /jobs/ID: stop a job (it saves the draws it counted and ends in state
+        'cancelled' within about a second; follow it with :meth:`wait` or :meth:`job`).
+        Needs the token, as submission does."""
+        job_id = job.id if isinstance(job, JobStatus) else job
+        return JobStatus.from_dict(self._request("DELETE", f"/jobs/{job_id}", auth=True))
+
     def job(self, job: JobStatus | str) -> JobStatus:
         """GET /jobs/ID: a job's progress."""
         job_id = job.id if isinstance(job, JobStatus) else job
@@ -194,7 +209,7 @@ class VolumeClient:
                 on_progress(status)
             if status.state == "done":
                 return status
-            if status.state == "failed":
+            if status.state in ("failed", "cancelled"):
                 raise JobFailed(status)
             if timeout is not None and time.monotonic() - start > timeout:
                 raise ServiceTimeout(0, f"job {status.id} still {status.state} after {timeout} s "
