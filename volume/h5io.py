@@ -49,13 +49,35 @@ def check_format(f: "h5py.File", path: str | Path, fmt: str, version: int | tupl
     """Refuse a file whose ``format``/``format_version`` root attributes are not ours (``version``:
     the one version, or the versions, this library reads), raising ``error`` with a message
     that names the file."""
-    if f.attrs.get("format") != fmt:
+    if attr_text(f, "format") != fmt:
         raise error(f"{str(path)!r} is not a {what} (HDF5 attribute format != {fmt!r})")
     found = int(f.attrs.get("format_version", -1))
     versions = (version,) if isinstance(version, int) else tuple(version)
     if found not in versions:
         raise error(f"{str(path)!r} has {what} format version {found}; this library reads "
                     f"{' or '.join(map(str, versions))}")
+
+
+def set_text_attrs(f: "h5py.File", **texts: str) -> None:  # noqa: F821
+    """Store text attributes as fixed-length UTF-8 bytes: they live in the object header,
+    which the latest format checksums (variable-length strings live in a global heap that
+    has no checksum, where a flipped length makes HDF5 read for ever)."""
+    import numpy as np
+
+    for name, text in texts.items():
+        f.attrs.create(name, np.bytes_(text.encode("utf-8")))
+
+
+def attr_text(f: "h5py.File", name: str) -> str | None:  # noqa: F821
+    """A text attribute as str (fixed-length bytes or variable-length string), None if absent."""
+    value = f.attrs.get(name)
+    if value is None:
+        return None
+    if hasattr(value, "tobytes") and not isinstance(value, (bytes, str)):
+        value = value.tobytes() if getattr(value, "dtype", None) is not None and value.dtype.kind == "S" else value
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
 
 
 def checked_dataset(f: "h5py.File", name: str, data, dtype, compress: bool = False) -> None:  # noqa: F821

@@ -28,7 +28,7 @@ import numpy as np
 
 from volume import __version__
 from volume.errors import TableError
-from volume.h5io import atomic_h5, check_format, checked_dataset, content_digest
+from volume.h5io import atomic_h5, attr_text, check_format, checked_dataset, content_digest, set_text_attrs
 from volume.keys import key_bytes, pack_labels, parse_function
 from volume.spec import ExperimentSpec, SpecError
 
@@ -193,14 +193,12 @@ class FrequencyTable:
     def save(self, path: str | Path) -> None:
         """Write atomically: temporary file in the same directory, fsync, rename."""
         with atomic_h5(path) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["spec"] = self.spec.to_json(indent=None)
-            f.attrs["spec_id"] = self.spec_id
+            spec_json = self.spec.to_json(indent=None)
+            set_text_attrs(f, format=FORMAT, spec=spec_json, spec_id=self.spec_id, library_version=__version__,
+                           content_sha256=self._digest(spec_json, self.spec_id, self.n_samples, self.keys,
+                                                       self.counts, self.blocks))
+            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
             f.attrs["n_samples"] = np.uint64(self.n_samples)
-            f.attrs["library_version"] = __version__
-            f.attrs["content_sha256"] = self._digest(self.spec.to_json(indent=None), self.spec_id, self.n_samples,
-                                                     self.keys, self.counts, self.blocks)
             checked_dataset(f, "keys", self.keys, np.uint8, compress=self.n_distinct > 4096)
             checked_dataset(f, "counts", self.counts, np.uint64)
             checked_dataset(f, "blocks", self.blocks, np.int64)
@@ -236,11 +234,12 @@ class FrequencyTable:
             for name in ("keys", "counts", "blocks"):
                 if name not in f or not isinstance(f[name], h5py.Dataset):
                     raise TableError(f"{str(p)!r} lacks the dataset {name!r}: the file is corrupt")
-            spec_json = f.attrs["spec"]
-            spec_json = spec_json if isinstance(spec_json, str) else spec_json.decode()
-            stored_id = str(f.attrs["spec_id"])
+            spec_json = attr_text(f, "spec")
+            stored_id = attr_text(f, "spec_id")
             n_samples = int(f.attrs["n_samples"])
-            digest = f.attrs.get("content_sha256")
+            digest = attr_text(f, "content_sha256")
+            if spec_json is None or stored_id is None:
+                raise TableError(f"{str(p)!r} lacks the spec attributes: the file is corrupt")
             keys = f["keys"][...]
             counts = f["counts"][...]
             blocks = f["blocks"][...]
