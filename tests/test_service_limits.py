@@ -27,6 +27,7 @@ from volume.table import FrequencyTable
 
 TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CLI_FLAG = re.compile(r"(^|[\s'\"(])--[a-z]")  # service answers name their own fields, never CLI flags
 FUZZ_MEMORY_BOUND = 64 << 20  # bytes the service may allocate at its peak while the fuzz runs (tracemalloc)
 
 
@@ -149,10 +150,12 @@ def test_fuzz_every_operation_no_5xx_and_bounded_memory(served):
                                 f"{r.status_code} {r.text[:200]}")
             else:
                 r.json()  # every answer is JSON
+            if CLI_FLAG.search(r.text):
+                failures.append(f"{method.upper()} {url[:60]}: the answer names a command-line flag: {r.text[:200]}")
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert failures == [], f"{len(failures)} of {len(requests)} requests got a 5xx:\n" + "\n".join(failures[:20])
+    assert failures == [], f"{len(failures)} of {len(requests)} requests got a 5xx or named a CLI flag:\n" + "\n".join(failures[:20])
     assert len(requests) > 400 and seen_ops >= {"get", "post", "delete"}
     assert peak - base < FUZZ_MEMORY_BOUND, f"the service allocated {(peak - base) / 2**20:.0f} MiB at its peak"
     assert sorted(p.name for p in tables.iterdir() if not p.name.startswith("fuzzed")) == ["tiny.h5"]
@@ -377,3 +380,20 @@ def test_stale_temporaries_are_removed_on_the_next_run(tmp_path):
     with table_lock(out):
         run_local(spec, 64, out)
     assert not any(p.exists() for p in stale) and other.exists()
+
+
+def test_cli_range_is_bounded_and_names_its_flag(served, capsys):
+    from volume.cli import main
+
+    _, tables, _ = served
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base, _ = tracemalloc.get_traced_memory()
+    try:
+        code = main(["posterior", str(tables / "tiny.h5"), "--train", "0-100000000", "--target", "parity"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert code == 2 and "--train" in err and "0..7" in err and "Traceback" not in err
+    assert peak - base < 4 << 20

@@ -123,7 +123,7 @@ class TableStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
-            raise VolumeError(f"tables directory {str(root)!r} does not exist: create it or pass another --tables")
+            raise VolumeError(f"tables directory {str(root)!r} does not exist: create it, or serve another directory")
         self._cache: dict[str, tuple[tuple, FrequencyTable]] = {}
         self._lock = threading.Lock()
 
@@ -385,8 +385,8 @@ class VolumeAPI:
         if not isinstance(spec.inputs, ImageSubset) or spec.inputs.dataset == "digits":
             return spec
         if self.data_dir is None:
-            raise ApiError(400, "this server has no data directory (volume serve --data-dir), so it cannot read "
-                                "image inputs: use a Boolean or 'digits' spec")
+            raise ApiError(400, "this server has no data directory, so it cannot read image inputs: "
+                                "use a Boolean or 'digits' spec")
         p = Path(spec.inputs.path)
         resolved = (p if p.is_absolute() else self.data_dir / p).resolve()
         if resolved != self.data_dir and self.data_dir not in resolved.parents:
