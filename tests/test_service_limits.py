@@ -157,6 +157,7 @@ def test_fuzz_every_operation_no_5xx_and_bounded_memory(served):
         tracemalloc.stop()
     assert failures == [], f"{len(failures)} of {len(requests)} requests got a 5xx or named a CLI flag:\n" + "\n".join(failures[:20])
     assert len(requests) > 400 and seen_ops >= {"get", "post", "delete"}
+    print(f"fuzz: {len(requests)} requests, peak {(peak - base) / 2**20:.1f} MiB above the start")
     assert peak - base < FUZZ_MEMORY_BOUND, f"the service allocated {(peak - base) / 2**20:.0f} MiB at its peak"
     assert sorted(p.name for p in tables.iterdir() if not p.name.startswith("fuzzed")) == ["tiny.h5"]
 
