@@ -152,7 +152,9 @@ def job_cost(spec, draws: int) -> JobCost:
     acts = sum(fo * pos for _, _, fo, pos in layers)
     sub_batch = min(64, spec.block_size)
     worker = 4 * (max(UNIT, sub_batch) * params + sub_batch * m * acts) + spec.block_size * m
-    key_bytes = math.ceil(m * max(1, math.ceil(math.log2(max(spec.output.classes, 2)))) / 8)
+    from volume.keys import key_bytes as packed_bytes
+
+    key_bytes = packed_bytes(m, spec.output.classes)
     distinct = draws if m >= 64 else min(draws, spec.output.classes ** m)
     return JobCost(blocks=math.ceil(draws / spec.block_size), inputs=m, params_per_draw=params,
                    widest=max(fo for _, _, fo, _ in layers), worker_bytes=worker,

@@ -66,7 +66,7 @@ from volume import __version__
 from volume.errors import VolumeError
 from volume.estimate import entropy_bits, good_turing_unseen, posterior, prior_estimates, top_estimates
 from volume.keys import parse_function
-from volume.limits import LimitExceeded, Limits, cap, check_gp, check_job
+from volume.limits import Limits, cap, check_gp, check_job
 from volume.parsing import check_indices, parse_indices, resolve_target
 from volume.runner import JobCancelled, missing_blocks, run_local, table_lock
 from volume.spec import ExperimentSpec, ImageSubset
