@@ -398,3 +398,17 @@ def test_cli_range_is_bounded_and_names_its_flag(served, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--train" in err and "0..7" in err and "Traceback" not in err
     assert peak - base < 4 << 20
+
+
+def test_service_start_removes_stale_temporaries_of_unlocked_tables(tmp_path):
+    from volume.runner import table_lock
+    from volume.service import application
+
+    spec = _spec(block_size=64)
+    for name in ("idle", "busy"):
+        run_local(spec, 64, tmp_path / f"{name}.h5")
+    with table_lock(tmp_path / "busy.h5"):  # a job is writing 'busy': its temporary is its own
+        (tmp_path / "busy.h5.live.tmp").write_bytes(b"being written")
+        (tmp_path / "idle.h5.k1ll3d.tmp").write_bytes(b"half a table")
+        application(tmp_path)
+        assert not (tmp_path / "idle.h5.k1ll3d.tmp").exists() and (tmp_path / "busy.h5.live.tmp").exists()

@@ -41,6 +41,7 @@ progress. The same FastAPI app runs without Ray over :class:`LocalJobs` (tests, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -820,12 +821,13 @@ def application(tables_dir: str | Path, *, token: str | None = None, limits: Lim
     """The Serve application (ingress + job runner) over ``tables_dir``. ``bind_host``: the
     address every server the application starts listens on (the replicas' gRPC ports; the
     HTTP proxy takes :func:`http_options`); None leaves Ray's default (all interfaces)."""
-    from volume.runner import remove_stale_temporaries
+    from volume.errors import TableError
 
     limits = limits or Limits()
     store = TableStore(tables_dir)  # fail early on a missing directory
-    for name in store.names():  # what a killed writer left behind
-        remove_stale_temporaries(store.path(name))
+    for name in store.names():  # what a killed writer left behind: removed by whoever gets the table's lock
+        with contextlib.suppress(TableError), table_lock(store.path(name)):
+            pass  # (a table some running job holds keeps its temporaries: they are that job's)
     runner = JobRunner.bind(dataclasses.asdict(limits), checkpoint_seconds, bind_host)
     ingress = VolumeIngress.options(num_replicas=replicas)
     if max_ongoing_requests is not None:
