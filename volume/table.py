@@ -6,7 +6,8 @@ merge into exactly the table of the union of their blocks, whatever the grouping
 order (merging is a sorted multiset union: associative and commutative). Merging tables
 of different specs, or counting a block twice, raises :class:`TableError`.
 
-On disk (HDF5, readable with plain h5py): root attributes ``format="volume-table"``,
+On disk (HDF5, readable with plain h5py; text attributes are fixed-length UTF-8 bytes, so
+``f.attrs["spec"].decode()``): root attributes ``format="volume-table"``,
 ``format_version``, ``spec`` (JSON), ``spec_id``, ``n_samples``, ``library_version``,
 ``content_sha256``; datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts``
 (uint64, U), ``blocks`` (int64, sorted), each with the Fletcher-32 filter. Writes go to a
