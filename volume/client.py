@@ -10,7 +10,9 @@
 Every method is one endpoint and sends/receives JSON only. A 4xx/5xx answer raises a
 :class:`ServiceError` subclass carrying the server's message and status; a request that
 takes longer than ``timeout`` seconds raises :class:`ServiceTimeout`; a server that cannot
-be reached raises :class:`ServiceUnavailable`. The token (for job submission) is sent as
+be reached raises :class:`ServiceUnavailable`; a request whose work outlived the server's
+time budget raises :class:`Busy` (503). The client imports neither Ray, torch nor scipy:
+the records it returns come from ``volume.wire`` and ``volume.results``. The token (for job submission) is sent as
 ``Authorization: Bearer TOKEN``; by default it is read from the VOLUME_TOKEN variable.
 """
 
@@ -201,7 +203,7 @@ class VolumeClient:
     def wait(self, job: JobStatus | str, timeout: float | None = None, poll: float = 0.5,
              on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
         """Follow a job until it is done and return its last status; raise JobFailed if it
-        failed, ServiceTimeout if it is still running after ``timeout`` seconds."""
+        failed or was cancelled, ServiceTimeout if it is still running after ``timeout`` seconds."""
         start = time.monotonic()
         while True:
             status = self.job(job)
