@@ -30,7 +30,7 @@ def test_cli_end_to_end(tmp_path, boolean_spec, capsys):
     assert info["top"][0]["count"] == int(t.counts.max())
 
     top_fn = info["top"][0]["function"]
-    rows = run_json(capsys, ["prior", str(out), top_fn, "0x" + info["top"][0]["hex"], "--json"])
+    rows = run_json(capsys, ["prior", str(out), top_fn, info["top"][0]["hex"], "--json"])
     assert rows[0] == rows[1] and rows[0]["p"] == info["top"][0]["count"] / 2560
 
     post = run_json(capsys, ["posterior", str(out), "--train", "0-3", "--target", "majority", "--json"])

@@ -2,18 +2,22 @@
 through VolumeClient: answers against the table file, a job that extends a table and one
 that creates a table (seen without a restart, byte-identical to in-process sampling), bad
 requests raising the client's exceptions with the server's message, 20 concurrent clients,
-the OpenAPI docs, and the client's timeout. One Ray instance and one Serve app per module."""
+the OpenAPI docs, the client's timeout; stalled clients dropped while /health answers, a job
+cancelled through the client, and every port the service opens bound to loopback. One Ray
+instance and one Serve app per module."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
 
-from volume.client import (BadRequest, Conflict, NotFound, ServiceTimeout, ServiceUnavailable, TooLarge,
+from volume.client import (BadRequest, Conflict, JobFailed, NotFound, ServiceTimeout, ServiceUnavailable, TooLarge,
                            Unauthorized, VolumeClient)
 from volume.estimate import posterior, prior_estimates
 from volume.keys import labels_to_text, unpack_keys
@@ -23,6 +27,8 @@ from volume.table import FrequencyTable
 
 pytestmark = [pytest.mark.ray, pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")]
 TOKEN = "e2e-token"
+BODY_SECONDS = 1.5  # a stalled body is dropped after this (Limits.body_seconds)
+INGRESS_LIMIT = 16  # requests the ingress replica holds at once (max_ongoing_requests)
 
 
 def _free_port() -> int:
@@ -44,15 +50,16 @@ def service(tmp_path_factory, spec):
     ray = import_ray()
     from ray import serve
 
-    from volume.service import Limits, application
+    from volume.service import Limits, application, http_options
 
     tables = tmp_path_factory.mktemp("tables")
     run_local(spec, 4 * spec.block_size, tables / "small.h5")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(application(tables, token=TOKEN, limits=Limits(max_functions=256), checkpoint_seconds=0.2),
-              name="volume", route_prefix="/")
+    limits = Limits(max_functions=256, body_seconds=BODY_SECONDS)
+    serve.start(http_options=http_options("127.0.0.1", port, limits))
+    serve.run(application(tables, token=TOKEN, limits=limits, checkpoint_seconds=0.2, bind_host="127.0.0.1",
+                          max_ongoing_requests=INGRESS_LIMIT), name="volume", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     try:
         yield url, tables
@@ -187,3 +194,108 @@ def test_client_timeout_and_unreachable(service):
         VolumeClient(url, timeout=1e-6).tables()
     with pytest.raises(ServiceUnavailable):
         VolumeClient(f"http://127.0.0.1:{_free_port()}", timeout=5).health()
+
+
+def _listening(pids: set[int]) -> list[tuple[int, str, int]]:
+    """(pid, address, port) of the TCP sockets that ``pids`` listen on (from /proc)."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    inodes[link[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for family, table in ((socket.AF_INET, "/proc/net/tcp"), (socket.AF_INET6, "/proc/net/tcp6")):
+        for line in open(table).read().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and f[9] in inodes:  # 0A: LISTEN
+                ip, port = f[1].split(":")
+                raw = bytes.fromhex(ip)
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                out.append((inodes[f[9]], socket.inet_ntop(family, raw), int(port, 16)))
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                parents[int(d)] = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, todo = {pid}, [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p and c not in found]
+        found.update(kids)
+        todo.extend(kids)
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads listening sockets from /proc (Linux)")
+def test_every_port_the_service_opens_is_on_loopback(service):
+    """The HTTP proxy, and each replica's inter-deployment gRPC server (Ray's default: every
+    interface), listen on 127.0.0.1 only, as do the Ray processes of the local instance."""
+    listeners = _listening(_descendants(os.getpid()))
+    names = {pid: open(f"/proc/{pid}/cmdline").read().replace("\0", " ")[:60] for pid, _, _ in listeners}
+    assert any("ServeReplica:volume:VolumeIngress" in names[p] for p, _, _ in listeners)
+    public = [(names[p], ip, port) for p, ip, port in listeners if ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    assert public == []
+
+
+def test_stalled_clients_are_dropped_and_health_answers(service):
+    """More connections than the ingress holds stall 10 bytes short of their Content-Length;
+    /health and a P(f) query still answer, and the server closes every stalled connection
+    (408) after about BODY_SECONDS."""
+    url, _ = service
+    port = int(url.rsplit(":", 1)[1])
+    head = (b"POST /tables/small/prior HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n" + b" " * 90)
+    stalled = []
+    try:
+        for _ in range(3 * INGRESS_LIMIT):
+            s = socket.create_connection(("127.0.0.1", port), timeout=30)
+            s.sendall(head)
+            stalled.append(s)
+        start = time.monotonic()
+        with VolumeClient(url, timeout=30) as c:
+            assert c.health()["status"] == "ok"
+            assert c.prior("small", ["0" * 32])[0].n_samples > 0
+        answered = time.monotonic() - start
+        assert answered < 3 * BODY_SECONDS + 5, f"/health took {answered:.1f} s"
+        answers = []
+        for s in stalled:
+            s.settimeout(4 * BODY_SECONDS + 10)
+            try:
+                answers.append(s.recv(64))
+            except (socket.timeout, ConnectionResetError) as e:
+                answers.append(type(e).__name__.encode())
+        assert all(a.startswith(b"HTTP/1.1 408") or a == b"" for a in answers), answers[:5]
+        assert sum(a.startswith(b"HTTP/1.1 408") for a in answers) >= INGRESS_LIMIT
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_cancel_a_job_through_the_client(client, service, spec):
+    url, tables = service
+    job = client.submit("cancelme", draws=2000 * spec.block_size, spec=spec.replace(seed=11).to_dict())
+    deadline = time.monotonic() + 60
+    while client.job(job).draws_done == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with pytest.raises(Unauthorized):
+        VolumeClient(url, token="").cancel(job)
+    assert client.cancel(job).id == job.id
+    with pytest.raises(JobFailed) as info:
+        client.wait(job, timeout=60, poll=0.1)
+    assert info.value.job.state == "cancelled" and "saved" in info.value.job.error
+    saved = FrequencyTable.load(tables / "cancelme.h5")
+    assert 0 < saved.n_samples < 2000 * spec.block_size
+    assert all(j.state != "running" for j in client.jobs())

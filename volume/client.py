@@ -10,7 +10,9 @@
 Every method is one endpoint and sends/receives JSON only. A 4xx/5xx answer raises a
 :class:`ServiceError` subclass carrying the server's message and status; a request that
 takes longer than ``timeout`` seconds raises :class:`ServiceTimeout`; a server that cannot
-be reached raises :class:`ServiceUnavailable`. The token (for job submission) is sent as
+be reached raises :class:`ServiceUnavailable`; a request whose work outlived the server's
+time budget raises :class:`Busy` (503). The client imports neither Ray, torch nor scipy:
+the records it returns come from ``volume.wire`` and ``volume.results``. The token (for job submission) is sent as
 ``Authorization: Bearer TOKEN``; by default it is read from the VOLUME_TOKEN variable.
 """
 
@@ -18,46 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, Iterable, Sequence
 
 import httpx
 
-from volume.estimate import PosteriorResult, PriorEstimate
+from volume.results import PosteriorResult, PriorEstimate
 from volume.frames import Estimates
-
-TOKEN_ENV = "VOLUME_TOKEN"
-
-
-@dataclass
-class JobStatus:
-    """A sampling job as the service reports it (the wire schema of /jobs)."""
-
-    id: str
-    table: str
-    spec_id: str
-    state: str  # queued | running | done | failed
-    draws_target: int  # draws the table will hold when the job is done
-    draws_done: int  # draws the table holds now (counted, not yet necessarily saved)
-    draws_initial: int  # draws the table held when the job started
-    submitted: float  # unix time
-    finished: float | None = None
-    rate: float | None = None  # draws per second since the job started
-    eta_s: float | None = None
-    n_distinct: int | None = None  # distinct functions when done
-    error: str | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.state in ("queued", "running")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "JobStatus":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+from volume.wire import TOKEN_ENV, JobStatus
 
 
 class ServiceError(Exception):
@@ -93,6 +62,14 @@ class TooManyJobs(ServiceError):
     """429: the server runs as many jobs as it allows."""
 
 
+class Busy(ServiceError):
+    """503: the request's time budget was spent, or the server is busy: retry later or ask for less."""
+
+
+class TooSlow(ServiceError):
+    """408: the request's body did not arrive in time."""
+
+
 class NotAvailable(ServiceError):
     """501: the feature is not installed on the server."""
 
@@ -106,15 +83,15 @@ class ServiceUnavailable(ServiceError):
 
 
 class JobFailed(ServiceError):
-    """wait(): the job ended in state 'failed'; ``job`` is its last status."""
+    """wait(): the job ended in state 'failed' or 'cancelled'; ``job`` is its last status."""
 
     def __init__(self, job: JobStatus):
-        super().__init__(500, f"job {job.id} on table {job.table!r} failed: {job.error}")
+        super().__init__(500, f"job {job.id} on table {job.table!r} {job.state}: {job.error}")
         self.job = job
 
 
 _ERRORS = {400: BadRequest, 422: BadRequest, 401: Unauthorized, 403: Unauthorized, 404: NotFound, 409: Conflict,
-           413: TooLarge, 429: TooManyJobs, 501: NotAvailable}
+           408: TooSlow, 413: TooLarge, 429: TooManyJobs, 501: NotAvailable, 503: Busy}
 
 
 def _message(response: httpx.Response) -> str:
@@ -202,6 +179,13 @@ class VolumeClient:
         body = {"table": table, "draws": draws, "spec": spec, "add": add}
         return JobStatus.from_dict(self._request("POST", "/jobs", json=body, auth=True))
 
+    def cancel(self, job: JobStatus | str) -> JobStatus:
+        """DELETE /jobs/ID: stop a job (it saves the draws it counted and ends in state
+        'cancelled' within about a second; follow it with :meth:`wait` or :meth:`job`).
+        Needs the token, as submission does."""
+        job_id = job.id if isinstance(job, JobStatus) else job
+        return JobStatus.from_dict(self._request("DELETE", f"/jobs/{job_id}", auth=True))
+
     def job(self, job: JobStatus | str) -> JobStatus:
         """GET /jobs/ID: a job's progress."""
         job_id = job.id if isinstance(job, JobStatus) else job
@@ -227,7 +211,7 @@ class VolumeClient:
     def wait(self, job: JobStatus | str, timeout: float | None = None, poll: float = 0.5,
              on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
         """Follow a job until it is done and return its last status; raise JobFailed if it
-        failed, ServiceTimeout if it is still running after ``timeout`` seconds."""
+        failed or was cancelled, ServiceTimeout if it is still running after ``timeout`` seconds."""
         start = time.monotonic()
         while True:
             status = self.job(job)
@@ -235,7 +219,7 @@ class VolumeClient:
                 on_progress(status)
             if status.state == "done":
                 return status
-            if status.state == "failed":
+            if status.state in ("failed", "cancelled"):
                 raise JobFailed(status)
             if timeout is not None and time.monotonic() - start > timeout:
                 raise ServiceTimeout(0, f"job {status.id} still {status.state} after {timeout} s "

@@ -26,7 +26,6 @@ Every probability carries its sample count and an interval (DESIGN.md, "Mathemat
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Iterable
 
@@ -34,8 +33,9 @@ import numpy as np
 
 from volume.checks import training_indices
 from volume.errors import FunctionError, VolumeError
-from volume.frames import Estimates, to_dataframe
+from volume.frames import Estimates
 from volume.keys import key_to_hex, labels_to_text, lz_complexity, parse_function, unpack_keys
+from volume.results import PosteriorResult, PriorEstimate
 from volume.table import FrequencyTable
 
 
@@ -77,25 +77,6 @@ def unseen_upper_bound(n: int, confidence: float = 0.95) -> float:
     return float(-math.expm1(math.log(1 - confidence) / n))
 
 
-@dataclass
-class PriorEstimate:
-    """P(f) of one function: count n_f of N draws, point estimate and interval."""
-
-    function: str  # text form, one label per input
-    hex: str
-    count: int
-    n_samples: int
-    p: float
-    lower: float
-    upper: float
-    confidence: float
-    seen: bool
-    lz_complexity: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def prior_estimates(table: FrequencyTable, functions: Iterable, confidence: float = 0.95) -> Estimates:
     """P(f) with Wilson intervals for functions given as label vectors, text or hex (a list
     with ``to_dataframe()``)."""
@@ -108,7 +89,7 @@ def prior_estimates(table: FrequencyTable, functions: Iterable, confidence: floa
     lo, hi = wilson_interval(counts, n, confidence)
     return Estimates([
         PriorEstimate(
-            function=labels_to_text(lab), hex=key_to_hex(table.keys_of([lab])[0]), count=int(c), n_samples=n,
+            function=labels_to_text(lab), hex="0x" + key_to_hex(table.keys_of([lab])[0]), count=int(c), n_samples=n,
             p=float(c) / n, lower=float(l), upper=float(h), confidence=confidence, seen=bool(c > 0),
             lz_complexity=lz_complexity(lab),
         )
@@ -158,42 +139,6 @@ def pac_bayes_bound_log(log_p_u: float, m: int, delta: float = 0.05) -> float:
 def pac_bayes_bound(p_u: float, m: int, delta: float = 0.05) -> float:
     """:func:`pac_bayes_bound_log` of a probability P(U)."""
     return pac_bayes_bound_log(math.log(p_u) if p_u > 0 else -math.inf, m, delta)
-
-
-@dataclass
-class PosteriorResult:
-    """The zero-training-error posterior P(f | S) estimated from a prior table."""
-
-    n_samples: int
-    n_consistent: int  # n_U: draws whose function agrees with S
-    n_consistent_functions: int
-    p_u: float | None  # None for optimizer tables: P(U) is a prior probability
-    p_u_lower: float | None
-    p_u_upper: float | None
-    confidence: float
-    train_size: int
-    test_size: int
-    expected_error: float | None = None  # Bayesian generalization error, None without a target
-    expected_error_stderr: float | None = None
-    error_distribution: list[dict] = field(default_factory=list)  # [{"error": e, "posterior": mass}]
-    pac_bayes_bound: float | None = None  # from P(U) point estimate
-    pac_bayes_bound_conservative: float | None = None  # from the lower end of P(U)'s interval
-    top: list[dict] = field(default_factory=list)  # most probable consistent functions
-    kind: str = "prior"  # 'prior': Bayesian posterior from prior draws; 'optimizer': P_opt(f|S)
-    n_failed: int = 0  # optimizer tables: trainings that did not reach zero error (not counted)
-    notes: list[str] = field(default_factory=list)  # what was not computed, and why
-
-    def to_dataframe(self, which: str = "error_distribution"):
-        """pandas DataFrame of the ``error_distribution`` (columns error, posterior: the posterior
-        mass of the consistent functions with that generalization error) or of the ``top``
-        consistent functions."""
-        if which not in ("error_distribution", "top"):
-            raise VolumeError(f"which = {which!r}: use 'error_distribution' or 'top'")
-        rows = getattr(self, which)
-        return to_dataframe(rows, columns=["error", "posterior"] if which == "error_distribution" and not rows else None)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _check_optimizer_training_set(table: FrequencyTable, idx: np.ndarray, lab: np.ndarray) -> None:

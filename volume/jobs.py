@@ -49,7 +49,7 @@ import numpy as np
 
 from volume.checks import positive_int
 from volume.errors import VolumeError
-from volume.runner import BlockAccumulator, block_source, missing_blocks, open_table, table_lock
+from volume.runner import BlockAccumulator, JobCancelled, block_source, missing_blocks, open_table, table_lock
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable, count_keys
 
@@ -299,9 +299,10 @@ class _TaskPool:
     def submit(self, block: int) -> None:
         self.inflight[self.fn.remote(self.spec_ref, block, *self.args)] = block
 
-    def take(self, ref) -> tuple[int, bool]:
-        """(block, lost): lost blocks go back to the queue."""
-        return self.inflight.pop(ref), False
+    def take(self, ref) -> tuple[int, str | None]:
+        """(block, why it was lost or None): lost blocks go back to the queue (Ray itself
+        retries a task whose worker died, so a task's block is never lost here)."""
+        return self.inflight.pop(ref), None
 
     def close(self, ray) -> None:  # interrupted or failed: stop the blocks still running
         for ref in self.inflight:
@@ -361,18 +362,18 @@ class _ActorPool:
         self.load[actor] += 1
         self.inflight[actor.count.remote(block)] = (block, actor)
 
-    def take(self, ref) -> tuple[int, bool]:
+    def take(self, ref) -> tuple[int, str | None]:
         block, actor = self.inflight.pop(ref)
         try:
             self.ray.get(ref, timeout=0)
-        except self.ray.exceptions.RayActorError:
+        except self.ray.exceptions.RayActorError as e:
             self.load.pop(actor, None)
-            return block, True
+            return block, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else 'the actor died'}"
         except Exception:  # a task error: reported when the driver fetches the result
             pass
         if actor in self.load:
             self.load[actor] -= 1
-        return block, False
+        return block, None
 
     def close(self, ray) -> None:
         for actor in [*self.load, *self.starting.values()]:
@@ -382,8 +383,14 @@ class _ActorPool:
 
 def _count_blocks(ray, spec: ExperimentSpec, todo: list[int], acc: BlockAccumulator, *, workers: int | None,
                   pool: str, sub_batch: int | None, device: str, max_retries: int,
-                  on_block: Callable[[int], None] | None, on_workers: Callable[[int], None] | None) -> None:
+                  on_block: Callable[[int], None] | None, on_workers: Callable[[int], None] | None,
+                  stop: Callable[[], bool] | None = None) -> None:
+    """Count ``todo`` into ``acc``. A block whose worker dies goes back to the queue, at most
+    ``max_retries`` times; then the job fails with the reason (a worker killed for memory
+    again and again must not leave a job running for ever). ``stop()`` true: the job is
+    cancelled (JobCancelled) within about a second."""
     spec_ref = ray.put(spec)
+    lost_count: dict[int, int] = {}
     slots = cluster_slots(ray, device)
     cap = workers or slots
     if pool == "tasks":
@@ -396,6 +403,8 @@ def _count_blocks(ray, spec: ExperimentSpec, todo: list[int], acc: BlockAccumula
     last_check = time.monotonic()
     try:
         while queue or runner.inflight:
+            if stop is not None and stop():
+                raise JobCancelled("the job was cancelled; the blocks counted so far are saved")
             while queue and runner.has_room():
                 runner.submit(queue.popleft())
             ready, _ = ray.wait(list(runner.inflight), num_returns=1, timeout=1.0)
@@ -404,6 +413,11 @@ def _count_blocks(ray, spec: ExperimentSpec, todo: list[int], acc: BlockAccumula
             for ref in ready:
                 b, lost = runner.take(ref)
                 if lost:
+                    lost_count[b] = lost_count.get(b, 0) + 1
+                    if lost_count[b] > max_retries:
+                        raise VolumeError(f"block {b} lost its worker {lost_count[b]} times (last: {lost}); the "
+                                          "worker process dies drawing it (out of memory?): use a smaller network "
+                                          "or block_size; the blocks counted so far are saved")
                     queue.appendleft(b)
                     continue
                 keys, counts = _get(ray, ref)
@@ -423,7 +437,8 @@ def run_job(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *
             workers: int | None = None, pool: str = DEFAULT_POOL, sub_batch: int | None = None, device: str = "cpu",
             checkpoint_seconds: float = 30.0, max_retries: int = DEFAULT_MAX_RETRIES,
             on_block: Callable[[int], None] | None = None,
-            on_workers: Callable[[int], None] | None = None) -> FrequencyTable:
+            on_workers: Callable[[int], None] | None = None,
+            stop: Callable[[], bool] | None = None) -> FrequencyTable:
     """Draw the blocks of (spec, n_draws) that the table at ``out`` lacks, on Ray, and return
     the table (saved to ``out`` if given, at least every ``checkpoint_seconds`` and at the end,
     also when interrupted).
@@ -434,7 +449,9 @@ def run_job(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *
     driver round trip between blocks) or 'tasks' (one Ray task per block, retried by Ray);
     both give the same table.
     ``on_block(draws)`` is called after each counted block and ``on_workers(n)`` when the
-    number of workers changes (progress bars).
+    number of workers changes (progress bars). ``max_retries``: how often a block whose worker
+    died is drawn again before the job fails. ``stop()`` returning true cancels the job
+    (:class:`~volume.runner.JobCancelled`, raised after the counted blocks are saved).
     """
     if pool not in POOLS:
         raise VolumeError(f"pool = {pool!r} is invalid: use one of {', '.join(POOLS)}")
@@ -448,7 +465,7 @@ def run_job(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *
             acc = BlockAccumulator(table, out, checkpoint_seconds)
             try:
                 _count_blocks(ray, spec, todo, acc, workers=workers, pool=pool, sub_batch=sub_batch, device=device,
-                              max_retries=max_retries, on_block=on_block, on_workers=on_workers)
+                              max_retries=max_retries, on_block=on_block, on_workers=on_workers, stop=stop)
             finally:
                 table = acc.flush()
     return table

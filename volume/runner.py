@@ -14,16 +14,21 @@ import contextlib
 import math
 import os
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from volume.checks import output_path, positive_int
-from volume.errors import TableError
+from volume.errors import TableError, VolumeError
 from volume.spec import RANDOM_STREAM_VERSION, ExperimentSpec
 from volume.table import FrequencyTable, stream_mismatch
 from volume.threads import torch_threads
+
+
+class JobCancelled(VolumeError):
+    """A job was cancelled (``stop()`` became true); the blocks counted before are saved."""
 
 
 def block_source(spec: ExperimentSpec, *, sub_batch: int | None = None, device: str = "cpu"):
@@ -112,7 +117,8 @@ def table_lock(path: str | Path | None):
     that two jobs never fold blocks into the same file (each would overwrite the other's
     checkpoints). The lock is released when the holder exits, even if it is killed; on a
     clean exit the lock file is removed (while still held, and a waiter that opened the old
-    file checks the inode and retries, so two holders can never overlap)."""
+    file checks the inode and retries, so two holders can never overlap). The
+    new holder first removes the temporaries a killed writer left behind."""
     if path is None:
         yield
         return
@@ -133,6 +139,7 @@ def table_lock(path: str | Path | None):
         except FileNotFoundError:
             pass
         fh.close()
+    remove_stale_temporaries(path)
     try:
         yield
     finally:
@@ -141,11 +148,27 @@ def table_lock(path: str | Path | None):
         fh.close()
 
 
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove ``NAME.h5.XXXX.tmp`` files that a writer killed mid-save left next to the table
+    at ``path`` (``volume.h5io.atomic_h5`` names its temporaries so). Called by the holder of
+    the table's lock, so no live writer of this table owns one of them."""
+    p = Path(path)
+    removed = []
+    for tmp in p.parent.glob(f"{glob_escape(p.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *,
               sub_batch: int | None = None, device: str = "cpu", checkpoint_seconds: float = 30.0,
-              on_block: Callable[[int], None] | None = None) -> FrequencyTable:
+              on_block: Callable[[int], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> FrequencyTable:
     """Draw the missing blocks of a job in this process and return the table (saved to
-    ``out`` if given). ``on_block(draws)`` is called after each block (progress bars)."""
+    ``out`` if given). ``on_block(draws)`` is called after each block (progress bars);
+    ``stop()`` returning true cancels the job between blocks (JobCancelled, after the
+    counted blocks are saved)."""
     if out is not None:
         output_path(out, "output table")  # before drawing anything
     table = open_table(spec, out)
@@ -155,6 +178,8 @@ def run_local(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None,
     try:
         with torch_threads(1):  # one thread is as fast as two here, and much faster on a busy machine
             for b in todo:
+                if stop is not None and stop():
+                    raise JobCancelled("the job was cancelled; the blocks counted so far are saved")
                 acc.add(b, sampler.keys(b))
                 if on_block is not None:
                     on_block(spec.block_size)

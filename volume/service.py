@@ -11,20 +11,27 @@ Endpoints (JSON in and out; no pickle crosses the wire):
     POST /tables/{name}/posterior     P(U) and interval, generalization error and its distribution, top f
     GET  /tables/{name}/top?k=        the k most frequent functions
     POST /jobs                        sample into a table (creates or extends it); bearer token if configured
-    GET  /jobs, /jobs/{id}            job progress
+    GET  /jobs, /jobs/{id}            job progress (finished jobs expire from the list)
+    DELETE /jobs/{id}                 cancel a job (its counted draws are saved); bearer token if configured
     POST /gp/estimate                 volume.gp.estimate.log_prior(spec, labels, method=...): ln P(f), its
                                       standard error, method and diagnostics (501 if not installed)
 
-A table is ``DIR/NAME.h5``; NAME matches ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (no path
-separators, no '..'), so a request can never name a file outside DIR. Tables are cached
+A table is ``DIR/NAME.h5``; NAME fully matches ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (no path
+separators, no '..', no newline), so a request can never name a file outside DIR. Tables are cached
 and reloaded when their file changes (mtime, size or inode: a job's checkpoint is an atomic
 rename), so a table that a job extends is served without a restart.
 
 Bad input never gives a 500: a malformed body is a 422 (FastAPI's validation), a bad function,
 spec or index a 400 with the library's message (VolumeError), an unknown table or job a 404,
-a spec that differs from the table's a 409, a body or batch above the limits a 413, a
-missing or wrong token a 401/403. Job submission requires ``Authorization: Bearer TOKEN``
-when a token is configured (environment variable VOLUME_TOKEN); only its SHA-256 is kept.
+a spec that differs from the table's a 409, a body, batch or job above the limits a 413, a
+missing or wrong token a 401/403. Bodies are parsed strictly before FastAPI sees them
+(:class:`RequestGuard`): NaN/Infinity, numbers beyond 64 bits, nesting deeper than
+``max_json_depth`` are a 400, a body slower than ``body_seconds`` a 408. What each request and
+job may cost is bounded by ``volume.limits`` (413 with the reason, checked before any work);
+the work itself runs in a bounded pool with a time budget (:class:`WorkBudget`, 503 when it
+is spent or the pool is full). Error messages never show the server's directories.
+Job submission and cancellation require ``Authorization: Bearer TOKEN`` when a token is
+configured (environment variable VOLUME_TOKEN); only its SHA-256 is kept.
 
 The application is two deployments: the ingress (:class:`VolumeIngress`, any number of
 replicas, state-free apart from its table cache) and :class:`JobRunner` (one replica) that
@@ -34,49 +41,44 @@ progress. The same FastAPI app runs without Ray over :class:`LocalJobs` (tests, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import hmac
+import json
+import math
 import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from volume import __version__
-from volume.client import TOKEN_ENV, JobStatus
-from volume.commands.core import parse_indices, resolve_target
 from volume.checks import json_safe
 from volume.errors import VolumeError
 from volume.estimate import entropy_bits, good_turing_unseen, posterior, prior_estimates, top_estimates
-from volume.keys import parse_function
-from volume.runner import missing_blocks, run_local, table_lock
+from volume.limits import Limits, cap, check_gp, check_job
+from volume.parsing import check_indices, parse_indices, resolve_target
+from volume.runner import JobCancelled, missing_blocks, run_local, table_lock
 from volume.spec import ExperimentSpec, ImageSubset
 from volume.table import FrequencyTable
+from volume.wire import TOKEN_ENV, JobStatus
 
-TABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+JSON_INT_DIGITS = 19  # integers in a body: at most 19 digits (below 2^63), else 400
 
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """Caps on what one request may ask for (413 above them)."""
-
-    max_body_bytes: int = 1 << 20  # request body
-    max_functions: int = 4096  # functions in one P(f) batch
-    max_top: int = 10_000  # k of top-k, top of a posterior
-    max_draws: int = 10**9  # draws one job may ask for
-    max_block_labels: int = 1 << 26  # block_size * n_inputs of a submitted spec (memory of one block)
-    max_active_jobs: int = 4
-    max_gp_inputs: int = 2048  # inputs of a GP estimate (EP is O(M^3))
-    max_gp_sample_work: int = 1 << 34  # samples x inputs^2 of a GP estimate's Monte-Carlo draws
-    max_gp_kernel_work: int = 1 << 33  # networks x inputs^2 of an empirical kernel (x depth for the analytic one)
+__all__ = ["Limits", "LocalJobs", "VolumeAPI", "application", "build", "build_app", "http_options", "token_digest"]
 
 
 class ApiError(Exception):
@@ -97,6 +99,15 @@ def _plain(x: Any) -> Any:
     return json_safe(x)
 
 
+def _safe_text(x: Any, limit: int = 300) -> str:
+    """A short printable form of anything (an error handler must not fail on it)."""
+    try:
+        text = str(x)
+    except Exception:  # noqa: BLE001 (whatever __str__ raises, the handler answers)
+        text = f"<{type(x).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 # ---- tables -------------------------------------------------------------------------
 class TableStore:
     """The tables of one directory, loaded on first use and reloaded when the file changes."""
@@ -104,14 +115,18 @@ class TableStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         if not self.root.is_dir():
-            raise VolumeError(f"tables directory {str(root)!r} does not exist: create it or pass another --tables")
+            raise VolumeError(f"tables directory {str(root)!r} does not exist: create it, or serve another directory")
         self._cache: dict[str, tuple[tuple, FrequencyTable]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
-    def check_name(name: str) -> str:
+    def valid_name(name: str) -> bool:
+        return TABLE_NAME.fullmatch(name) is not None and ".." not in name
+
+    @classmethod
+    def check_name(cls, name: str) -> str:
         name = name[:-3] if name.endswith(".h5") else name
-        if not TABLE_NAME.match(name) or ".." in name:
+        if not cls.valid_name(name):
             raise ApiError(400, f"table name {name[:80]!r} is invalid: use letters, digits, '_', '-', '.' "
                                 "(no path separators, no '..'), e.g. 'boolean7'")
         return name
@@ -120,7 +135,7 @@ class TableStore:
         return self.root / f"{self.check_name(name)}.h5"
 
     def names(self) -> list[str]:
-        return sorted(p.stem for p in self.root.glob("*.h5") if TABLE_NAME.match(p.stem) and ".." not in p.stem)
+        return sorted(p.stem for p in self.root.glob("*.h5") if self.valid_name(p.stem))
 
     def get(self, name: str, missing_ok: bool = False) -> FrequencyTable | None:
         path = self.path(name)
@@ -144,59 +159,93 @@ class TableStore:
 Runner = Callable[..., FrequencyTable]
 
 
-def _local_runner(spec: ExperimentSpec, n: int, path: str, *, on_block, checkpoint_seconds: float) -> FrequencyTable:
+def _local_runner(spec: ExperimentSpec, n: int, path: str, *, on_block, checkpoint_seconds: float, stop,
+                  max_retries: int) -> FrequencyTable:
     with table_lock(path):
-        return run_local(spec, n, path, on_block=on_block, checkpoint_seconds=checkpoint_seconds)
+        return run_local(spec, n, path, on_block=on_block, checkpoint_seconds=checkpoint_seconds, stop=stop)
 
 
-def _ray_runner(spec: ExperimentSpec, n: int, path: str, *, on_block, checkpoint_seconds: float) -> FrequencyTable:
+def _ray_runner(spec: ExperimentSpec, n: int, path: str, *, on_block, checkpoint_seconds: float, stop,
+                max_retries: int) -> FrequencyTable:
     from volume.jobs import run_job
 
-    return run_job(spec, n, path, on_block=on_block, checkpoint_seconds=checkpoint_seconds)
+    return run_job(spec, n, path, on_block=on_block, checkpoint_seconds=checkpoint_seconds, stop=stop,
+                   max_retries=max_retries)
 
 
 class LocalJobs:
     """Runs sampling jobs in background threads of this process and keeps their status.
-    Answers are dicts: a job's status, or {"refused": HTTP status, "message": text}."""
+    Answers are dicts: a job's status, or {"refused": HTTP status, "message": text}.
 
-    def __init__(self, runner: Runner = _local_runner, max_active: int = 4, checkpoint_seconds: float = 5.0):
+    A job can be cancelled (it stops within about a second and saves what it counted);
+    finished jobs stay in the list for ``limits.finished_job_ttl_s`` and at most
+    ``limits.max_finished_jobs`` of them are kept."""
+
+    def __init__(self, runner: Runner = _local_runner, max_active: int | None = None, checkpoint_seconds: float = 5.0,
+                 limits: Limits | None = None):
         self.runner = runner
-        self.max_active = max_active
+        self.limits = limits or Limits()
+        self.max_active = max_active if max_active is not None else self.limits.max_active_jobs
         self.checkpoint_seconds = checkpoint_seconds
         self._jobs: dict[str, JobStatus] = {}
+        self._stops: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+
+    def _expire(self) -> None:
+        """Drop finished jobs older than the TTL, and the oldest beyond the count (lock held)."""
+        now = time.time()
+        finished = sorted((j for j in self._jobs.values() if not j.active), key=lambda j: j.finished or 0)
+        for i, j in enumerate(finished):
+            if now - (j.finished or now) > self.limits.finished_job_ttl_s or i < len(finished) - self.limits.max_finished_jobs:
+                del self._jobs[j.id]
+                self._stops.pop(j.id, None)
 
     def submit(self, table: str, path: str, spec: dict, n_draws: int, initial: int, target: int) -> dict:
         spec_obj = ExperimentSpec.from_dict(spec)
         with self._lock:
+            self._expire()
             active = [j for j in self._jobs.values() if j.active]
             if any(j.table == table for j in active):
                 return {"refused": 409, "message": f"a job is already sampling table {table!r}: wait for it "
-                                                 "(GET /jobs/ID) and submit again"}
+                                                 "(GET /jobs/ID), or cancel it (DELETE /jobs/ID), and submit again"}
             if len(active) >= self.max_active:
                 return {"refused": 429, "message": f"{len(active)} jobs are running, the most this server allows: "
-                                                 "submit again when one has finished"}
+                                                 "submit again when one has finished, or cancel one (DELETE /jobs/ID)"}
             job = JobStatus(id=uuid.uuid4().hex[:16], table=table, spec_id=spec_obj.spec_id, state="running",
                             draws_target=target, draws_done=initial, draws_initial=initial, submitted=time.time())
             self._jobs[job.id] = job
-        threading.Thread(target=self._run, args=(job, spec_obj, n_draws, path), daemon=True,
+            self._stops[job.id] = threading.Event()
+        threading.Thread(target=self._run, args=(job, spec_obj, n_draws, path, self._stops[job.id]), daemon=True,
                          name=f"volume-job-{job.id}").start()
         return self.status(job.id)
 
-    def _run(self, job: JobStatus, spec: ExperimentSpec, n_draws: int, path: str) -> None:
+    def _run(self, job: JobStatus, spec: ExperimentSpec, n_draws: int, path: str, stop: threading.Event) -> None:
         def on_block(draws: int) -> None:
             with self._lock:
                 job.draws_done += draws
 
         try:
-            table = self.runner(spec, n_draws, path, on_block=on_block, checkpoint_seconds=self.checkpoint_seconds)
+            table = self.runner(spec, n_draws, path, on_block=on_block, checkpoint_seconds=self.checkpoint_seconds,
+                                stop=stop.is_set, max_retries=self.limits.max_block_retries)
             with self._lock:
                 job.state, job.draws_done, job.n_distinct = "done", table.n_samples, table.n_distinct
+        except JobCancelled as e:
+            with self._lock:
+                job.state, job.error = "cancelled", str(e)
         except Exception as e:  # reported through the job's status
             with self._lock:
-                job.state, job.error = "failed", f"{type(e).__name__}: {e}"
+                job.state, job.error = "failed", f"{type(e).__name__}: {_safe_text(e, 1000)}"
         finally:
             job.finished = time.time()
+
+    def cancel(self, job_id: str) -> dict | None:
+        """Ask a job to stop; answers its status (still 'running' until it has saved)."""
+        with self._lock:
+            stop = self._stops.get(job_id)
+        if stop is None:
+            return None
+        stop.set()
+        return self.status(job_id)
 
     def status(self, job_id: str) -> dict | None:
         with self._lock:
@@ -213,8 +262,9 @@ class LocalJobs:
 
     def list(self) -> list[dict]:
         with self._lock:
+            self._expire()
             ids = list(self._jobs)
-        return [self.status(i) for i in ids]
+        return [s for s in (self.status(i) for i in ids) if s is not None]
 
 
 # ---- requests -----------------------------------------------------------------------
@@ -223,7 +273,7 @@ class _Body(BaseModel):
 
 
 class PriorRequest(_Body):
-    functions: list[str] = Field(..., description="functions: '0'/'1' strings (one label per input) or hex keys")
+    functions: list[str] = Field(..., description="functions: '0'/'1' strings (one label per input) or 0x-hex keys")
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
@@ -256,6 +306,39 @@ class GPRequest(_Body):
     kernel_samples: int = Field(1024, ge=2, description="networks of the empirical kernel")
 
 
+# ---- bounded work -------------------------------------------------------------------
+class WorkBudget:
+    """Runs the work of requests in a pool of ``limits.max_busy_requests`` threads with a time
+    budget: a request waits at most ``request_seconds`` for a free thread and for its
+    answer, then gets a 503 saying so. A thread keeps working on an overdue request (Python
+    cannot stop it), so the pool's size bounds the CPU that requests can hold at once, and
+    every request's work is bounded beforehand by the cost checks of ``volume.limits``."""
+
+    def __init__(self, limits: Limits):
+        self.seconds = limits.request_seconds
+        self.size = limits.max_busy_requests
+        self._slots = threading.BoundedSemaphore(self.size)
+        self._pool = ThreadPoolExecutor(self.size, thread_name_prefix="volume-work")
+
+    def _call(self, fn, args, kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._slots.release()
+
+    def run(self, what: str, fn: Callable, *args, **kwargs):
+        start = time.monotonic()
+        if not self._slots.acquire(timeout=self.seconds):
+            raise ApiError(503, f"the server is busy ({self.size} requests computing for more than {self.seconds:g} s): "
+                                "retry later")
+        future = self._pool.submit(self._call, fn, args, kwargs)
+        try:
+            return future.result(timeout=max(0.0, self.seconds - (time.monotonic() - start)))
+        except FutureTimeout:
+            raise ApiError(503, f"{what} took longer than this server's time budget of {self.seconds:g} s: "
+                                "ask for less (fewer functions, a smaller table or spec)") from None
+
+
 # ---- the API, free of HTTP and Ray ------------------------------------------------------
 class VolumeAPI:
     """What each endpoint does; ``jobs`` is a LocalJobs or a handle to the JobRunner deployment."""
@@ -263,21 +346,26 @@ class VolumeAPI:
     def __init__(self, tables_dir: str | Path, *, jobs: Any = None, token_sha256: str | None = None,
                  limits: Limits | None = None, data_dir: str | Path | None = None):
         self.store = TableStore(tables_dir)
-        self.jobs = jobs if jobs is not None else LocalJobs()
-        self.token_sha256 = token_sha256
         self.limits = limits or Limits()
+        self.jobs = jobs if jobs is not None else LocalJobs(limits=self.limits)
+        self.token_sha256 = token_sha256
         self.data_dir = Path(data_dir).resolve() if data_dir else None
+        self.work = WorkBudget(self.limits)
 
     # -- helpers
-    def _cap(self, what: str, value: int, cap: int) -> None:
-        if value > cap:
-            raise ApiError(413, f"{what} = {value} is above this server's limit of {cap}: split the request")
+    def redact(self, text: str) -> str:
+        """``text`` without the server's directories (tables, data), so that an error message
+        does not tell a client where things live on this machine."""
+        text = text.replace(str(self.store.root) + "/", "").replace(str(self.store.root), "<tables>")
+        if self.data_dir is not None:
+            text = text.replace(str(self.data_dir) + "/", "").replace(str(self.data_dir), "<data>")
+        return text
 
     def authorize(self, authorization: str | None) -> None:
         if self.token_sha256 is None:
             return
         if not authorization or not authorization.startswith("Bearer "):
-            raise ApiError(401, "job submission needs a token: send 'Authorization: Bearer TOKEN' "
+            raise ApiError(401, "job submission and cancellation need a token: send 'Authorization: Bearer TOKEN' "
                                 f"(the client reads {TOKEN_ENV})")
         if not hmac.compare_digest(token_digest(authorization[7:].strip()) or "", self.token_sha256):
             raise ApiError(403, "the token is wrong")
@@ -287,8 +375,8 @@ class VolumeAPI:
             spec = ExperimentSpec.from_dict(d)
         except VolumeError:
             raise
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
-            raise ApiError(400, f"invalid spec: {e}") from None
+        except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError, RecursionError) as e:
+            raise ApiError(400, f"invalid spec: {_safe_text(e)}") from None
         return self._localize(spec)
 
     def _localize(self, spec: ExperimentSpec) -> ExperimentSpec:
@@ -296,12 +384,12 @@ class VolumeAPI:
         if not isinstance(spec.inputs, ImageSubset) or spec.inputs.dataset == "digits":
             return spec
         if self.data_dir is None:
-            raise ApiError(400, "this server has no data directory (volume serve --data-dir), so it cannot read "
-                                "image inputs: use a Boolean or 'digits' spec")
+            raise ApiError(400, "this server has no data directory, so it cannot read image inputs: "
+                                "use a Boolean or 'digits' spec")
         p = Path(spec.inputs.path)
         resolved = (p if p.is_absolute() else self.data_dir / p).resolve()
         if resolved != self.data_dir and self.data_dir not in resolved.parents:
-            raise ApiError(400, f"spec field 'inputs.path' = {spec.inputs.path!r} is outside the server's data "
+            raise ApiError(400, f"spec field 'inputs.path' = {spec.inputs.path[:200]!r} is outside the server's data "
                                 "directory: give a path relative to it (or '')")
         return spec.replace(inputs=dataclasses.replace(spec.inputs, path=str(resolved)))
 
@@ -311,6 +399,9 @@ class VolumeAPI:
                 "jobs_need_token": self.token_sha256 is not None}
 
     def list_tables(self) -> list[dict]:
+        return self.work.run("listing the tables", self._list_tables)
+
+    def _list_tables(self) -> list[dict]:
         out = []
         for name in self.store.names():
             try:
@@ -318,10 +409,13 @@ class VolumeAPI:
                 out.append({"name": name, "spec_id": t.spec_id, "spec": t.spec.to_dict(), "n_samples": t.n_samples,
                             "n_distinct": t.n_distinct, "n_blocks": int(len(t.blocks))})
             except (VolumeError, ApiError) as e:  # a corrupt file does not hide the others
-                out.append({"name": name, "error": str(e)})
+                out.append({"name": name, "error": self.redact(str(e))})
         return out
 
     def table_info(self, name: str) -> dict:
+        return self.work.run(f"summarising table {name[:80]!r}", self._table_info, name)
+
+    def _table_info(self, name: str) -> dict:
         t = self.store.get(name)
         info = {"name": self.store.check_name(name), **t.info()}
         if t.n_samples:
@@ -330,32 +424,42 @@ class VolumeAPI:
         return info
 
     def prior(self, name: str, req: PriorRequest) -> list[dict]:
-        self._cap("number of functions", len(req.functions), self.limits.max_functions)
+        cap("number of functions", len(req.functions), self.limits.max_functions)
+        return self.work.run("P(f) of a batch", self._prior, name, req)
+
+    def _prior(self, name: str, req: PriorRequest) -> list[dict]:
         t = self.store.get(name)
         if t.n_samples == 0:
             raise ApiError(409, f"table {name!r} is empty: sample into it first")
         return [e.to_dict() for e in prior_estimates(t, req.functions, req.confidence)]
 
     def posterior(self, name: str, req: PosteriorRequest) -> dict:
-        self._cap("top", req.top, self.limits.max_top)
+        cap("top", req.top, self.limits.max_top)
+        return self.work.run("the posterior", self._posterior, name, req)
+
+    def _posterior(self, name: str, req: PosteriorRequest) -> dict:
         t = self.store.get(name)
-        idx = (parse_indices(req.train_indices, t.n_inputs) if isinstance(req.train_indices, str)
-               else np.asarray(req.train_indices, dtype=np.int64))
+        idx = (parse_indices(req.train_indices, t.n_inputs, "train_indices") if isinstance(req.train_indices, str)
+               else check_indices(req.train_indices, t.n_inputs, "train_indices"))
         target = resolve_target(t, req.target) if req.target else None
         labels = req.train_labels
         if labels is None:
             if target is None:
                 raise ApiError(400, "give train_labels, or a target that provides them")
-            if idx.size == 0 or idx.min() < 0 or idx.max() >= t.n_inputs:
-                raise ApiError(400, f"train_indices must be non-empty and lie in 0..{t.n_inputs - 1}")
             labels = target[idx]
         elif not isinstance(labels, str):
+            if len(labels) != idx.size or any(not 0 <= v < t.classes for v in labels):
+                raise ApiError(400, f"train_labels: give {idx.size} labels (one per training index), each in "
+                                    f"0..{t.classes - 1}")
             labels = np.asarray(labels, dtype=np.int64)
         res = posterior(t, idx, labels, target, confidence=req.confidence, delta=req.delta, top=req.top)
         return _plain(res.to_dict())
 
     def top(self, name: str, k: int, confidence: float) -> list[dict]:
-        self._cap("k", k, self.limits.max_top)
+        cap("k", k, self.limits.max_top)
+        return self.work.run("the top functions", self._top, name, k, confidence)
+
+    def _top(self, name: str, k: int, confidence: float) -> list[dict]:
         t = self.store.get(name)
         if t.n_samples == 0:
             return []
@@ -364,8 +468,8 @@ class VolumeAPI:
     def submit(self, req: JobRequest, authorization: str | None) -> dict:
         self.authorize(authorization)
         name = self.store.check_name(req.table)
-        self._cap("draws", req.draws, self.limits.max_draws)
-        existing = self.store.get(name, missing_ok=True)
+        cap("draws", req.draws, self.limits.max_draws, "ask for fewer draws")
+        existing = self.work.run("reading the table", self.store.get, name, missing_ok=True)
         if req.spec is not None:
             spec = self.parse_spec(req.spec)
             if existing is not None and existing.spec_id != spec.spec_id:
@@ -377,49 +481,57 @@ class VolumeAPI:
             spec = existing.spec
         if spec.training is not None:
             raise ApiError(400, "the spec has a [training] section: the service samples prior draws only")
-        self._cap("block_size x inputs of the spec", spec.block_size * spec.n_inputs, self.limits.max_block_labels)
         initial = existing.n_samples if existing is not None else 0
         n = req.draws + (initial if req.add else 0)
-        self._cap("draws", n, self.limits.max_draws)
+        check_job(spec, n, self.limits)  # before anything of the size of the job is made
         todo = missing_blocks(existing or FrequencyTable.empty(spec), spec, n)
         answer = self.jobs.submit(name, str(self.store.path(name)), spec.to_dict(), n, initial,
                                   initial + len(todo) * spec.block_size)
         if "refused" in answer:
             raise ApiError(answer["refused"], answer["message"])
+        return self._redact_job(answer)
+
+    def _redact_job(self, answer: dict) -> dict:
+        if answer.get("error"):
+            answer["error"] = self.redact(answer["error"])
         return answer
+
+    def cancel(self, job_id: str, authorization: str | None) -> dict:
+        self.authorize(authorization)
+        answer = self.jobs.cancel(job_id)
+        if answer is None:
+            raise ApiError(404, f"no job {job_id[:40]!r} on this server: GET /jobs lists them")
+        return self._redact_job(answer)
 
     def job(self, job_id: str) -> dict:
         answer = self.jobs.status(job_id)
         if answer is None:
             raise ApiError(404, f"no job {job_id[:40]!r} on this server: GET /jobs lists them")
-        return answer
+        return self._redact_job(answer)
 
     def list_jobs(self) -> list[dict]:
-        return self.jobs.list()
+        return [self._redact_job(a) for a in self.jobs.list()]
 
     def gp_estimate(self, req: GPRequest) -> dict:
         if (req.spec is None) == (req.table is None):
             raise ApiError(400, "give exactly one of spec (a JSON spec) or table (a table name)")
         spec = self.parse_spec(req.spec) if req.spec is not None else self.store.get(req.table).spec
-        m = spec.n_inputs
-        self._cap("inputs of the spec", m, self.limits.max_gp_inputs)
         try:
-            from volume.gp.estimate import log_prior, resolve_labels
             from volume.gp.score import DEFAULT_SAMPLES, METHODS
         except ImportError as e:
-            raise ApiError(501, f"GP estimates are not available on this server (volume.gp.estimate.log_prior: {e})") from None
+            raise ApiError(501, f"GP estimates are not available on this server (volume.gp: {e})") from None
         if req.method not in METHODS:
             raise ApiError(400, f"method = {req.method!r}: use one of {', '.join(METHODS)}")
         if req.kernel not in ("analytic", "empirical"):
             raise ApiError(400, f"kernel = {req.kernel!r}: use 'analytic' (FCN relu/erf) or 'empirical' (any spec)")
         if req.likelihood not in ("heaviside", "probit"):
             raise ApiError(400, f"likelihood = {req.likelihood!r}: use 'heaviside' or 'probit'")
-        if req.method != "ep":
-            self._cap("samples x inputs^2", (req.samples or DEFAULT_SAMPLES) * m * m, self.limits.max_gp_sample_work)
-        depth = len(getattr(spec.architecture, "hidden", ())) + 1
-        work = req.kernel_samples * m * m if req.kernel == "empirical" else depth * m * m
-        self._cap(f"{'networks' if req.kernel == 'empirical' else 'depth'} x inputs^2 of the kernel", work,
-                  self.limits.max_gp_kernel_work)
+        check_gp(spec, self.limits, samples=0 if req.method == "ep" else (req.samples or DEFAULT_SAMPLES),
+                 kernel=req.kernel, kernel_samples=req.kernel_samples)
+        return self.work.run("the GP estimate", self._gp_estimate, spec, req)
+
+    def _gp_estimate(self, spec: ExperimentSpec, req: GPRequest) -> dict:
+        from volume.gp.estimate import log_prior, resolve_labels
         from volume.inputs import load_inputs
 
         labels = resolve_labels(req.labels if isinstance(req.labels, str) else np.asarray(req.labels),
@@ -429,55 +541,172 @@ class VolumeAPI:
 
 
 # ---- HTTP ---------------------------------------------------------------------------
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body is larger than this server's limit of {limit} bytes: split the request")
+class _Reject(ValueError):
+    """A body that parses as JSON but that the service refuses (non-finite, too large, too deep)."""
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies above ``max_bytes`` (by Content-Length, and while
-    streaming when there is none) with a 413."""
+def _strict_constant(name: str):
+    raise _Reject(f"the body holds {name}: JSON numbers must be finite")
 
-    def __init__(self, app, max_bytes: int):
+
+def _strict_int(text: str) -> int:
+    if len(text.lstrip("-")) > JSON_INT_DIGITS:
+        raise _Reject(f"the body holds the integer {text[:24]}...: integers must have at most {JSON_INT_DIGITS} digits")
+    return int(text)
+
+
+def _strict_float(text: str) -> float:
+    x = float(text)
+    if not math.isfinite(x):
+        raise _Reject(f"the body holds the number {text[:24]}, which is not a finite double")
+    return x
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value (iterative), stopping once above ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def check_json(body: bytes, max_depth: int) -> None:
+    """Raise _Reject for a body that is JSON but not acceptable here; bodies that are not
+    JSON at all are left to FastAPI (a 422 saying so)."""
+    if not body.strip():
+        return
+    try:
+        value = json.loads(body, parse_constant=_strict_constant, parse_int=_strict_int, parse_float=_strict_float)
+    except _Reject:
+        raise
+    except RecursionError:
+        raise _Reject(f"the body is nested more than {max_depth} levels deep") from None
+    except (ValueError, UnicodeDecodeError):
+        return
+    if _depth(value, max_depth) > max_depth:
+        raise _Reject(f"the body is nested more than {max_depth} levels deep")
+
+
+class RequestGuard:
+    """ASGI middleware in front of the app: refuse a body above ``max_body_bytes`` (413, by
+    Content-Length and while it streams), a body that does not arrive within
+    ``body_seconds`` (408: a stalled client is dropped instead of holding a slot), and a JSON
+    body with NaN/Infinity, numbers beyond 64 bits or nesting deeper than ``max_json_depth``
+    (400). The body is read here once and replayed to the app."""
+
+    def __init__(self, app, limits: Limits):
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = limits
+
+    async def _answer(self, send, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limits.max_body_bytes
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            detail = BodyTooLarge(self.max_bytes).detail if length.isdigit() else "invalid Content-Length header"
-            response = JSONResponse({"detail": detail}, status_code=413 if length.isdigit() else 400)
-            return await response(scope, receive, send)
+        if length is not None and (not length.isdigit() or len(length) > 18 or int(length) > limit):
+            if length.isdigit():
+                return await self._answer(send, 413, f"request body is larger than this server's limit of {limit} "
+                                                     "bytes: split the request")
+            return await self._answer(send, 400, "invalid Content-Length header")
+        chunks: list[bytes] = []
         seen = 0
+        deadline = time.monotonic() + self.limits.body_seconds
+        more = scope.get("method", "GET") not in ("GET", "HEAD") or length not in (None, b"0")
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await self._answer(send, 408, f"the request body did not arrive within "
+                                                     f"{self.limits.body_seconds:g} s: the connection is closed")
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                return await self._answer(send, 413, f"request body is larger than this server's limit of {limit} "
+                                                     "bytes: split the request")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            check_json(body, self.limits.max_json_depth)
+        except _Reject as e:
+            return await self._answer(send, 400, str(e))
+        replayed = False
 
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-            return message
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        return await self.app(scope, limited_receive, send)
+        return await self.app(scope, replay, send)
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict]:
+    """FastAPI's field errors without the input values they echo (a value such as a huge
+    string must not come back, and the answer must always encode)."""
+    out = []
+    try:
+        errors = exc.errors()
+    except Exception:  # noqa: BLE001
+        errors = []
+    for e in errors[:20]:
+        loc = [x if isinstance(x, int) else _safe_text(x, 80) for x in (e.get("loc") or [])]
+        out.append({"loc": loc, "msg": _safe_text(e.get("msg", ""), 300), "type": _safe_text(e.get("type", ""), 60)})
+    return out or [{"loc": [], "msg": "the request is malformed", "type": "value_error"}]
 
 
 def build_app(api: VolumeAPI) -> FastAPI:
-    """The FastAPI app over ``api`` (used by the Serve ingress and, without Ray, by tests)."""
+    """The FastAPI app over ``api`` (used by the Serve ingress and, without Ray, by tests).
+    Every handler's answer is JSON that always encodes; no exception leaves as a 500 page."""
     app = FastAPI(title="volume", version=__version__,
                   description="Monte-Carlo estimates of the prior P(f) over the functions neural networks compute, "
                               "from tables of sampled functions; sampling jobs on Ray.")
-    app.add_middleware(BodyLimit, max_bytes=api.limits.max_body_bytes)
+    app.add_middleware(RequestGuard, limits=api.limits)
+
+    def answer(status: int, detail: Any) -> JSONResponse:
+        try:
+            return JSONResponse({"detail": detail}, status_code=status)
+        except Exception:  # noqa: BLE001 (an error handler cannot fail)
+            return JSONResponse({"detail": "the request failed"}, status_code=status)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        return answer(exc.status, api.redact(_safe_text(exc.message, 2000)))
 
     @app.exception_handler(VolumeError)
     async def _volume_error(request: Request, exc: VolumeError):
-        return JSONResponse({"detail": str(exc)}, status_code=400)
+        return answer(getattr(exc, "status", 400), api.redact(_safe_text(exc, 2000)))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return answer(422, _validation_detail(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        return answer(exc.status_code, _safe_text(exc.detail, 500))
+
+    @app.exception_handler(MemoryError)
+    async def _memory_error(request: Request, exc: MemoryError):
+        return answer(503, "the server ran short of memory for this request: ask for less, or retry later")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return answer(500, f"internal error ({type(exc).__name__}): please report it")
 
     app.get("/health", summary="service status")(api.health)
     app.get("/tables", summary="all tables: spec, N, distinct functions")(api.list_tables)
@@ -493,22 +722,61 @@ def build_app(api: VolumeAPI) -> FastAPI:
     def submit(req: JobRequest, authorization: str | None = Header(None)) -> dict:
         return api.submit(req, authorization)
 
-    app.get("/jobs", summary="all jobs")(api.list_jobs)
+    @app.delete("/jobs/{job_id}", summary="cancel a job (the draws it counted are saved)")
+    def cancel(job_id: str, authorization: str | None = Header(None)) -> dict:
+        return api.cancel(job_id, authorization)
+
+    app.get("/jobs", summary="all jobs (finished ones expire)")(api.list_jobs)
     app.get("/jobs/{job_id}", summary="a job's progress")(api.job)
     app.post("/gp/estimate", summary="GP/EP estimate of log P(f)")(api.gp_estimate)
     return app
 
 
 # ---- Ray Serve ----------------------------------------------------------------------
+def http_options(host: str, port: int, limits: Limits | None = None) -> dict:
+    """Ray Serve's HTTP proxy options for ``serve.start``: bind ``host`` only, close idle
+    keep-alive connections after ``keep_alive_s`` and end any request after
+    ``proxy_request_seconds``."""
+    limits = limits or Limits()
+    return {"host": host, "port": port, "keep_alive_timeout_s": int(limits.keep_alive_s),
+            "request_timeout_s": float(limits.proxy_request_seconds)}
+
+
+def _bind_replica_grpc(host: str | None) -> None:
+    """Ray Serve starts an inter-deployment gRPC server in every replica on '[::]:0', every
+    interface of the machine. In the replica's process, before that server starts, make it
+    bind ``host`` instead (a service asked to listen on loopback opens nothing outside it).
+    ``host`` None (a cluster: replicas on other nodes must reach each other) leaves Ray's
+    choice."""
+    if host is None:
+        return
+    from ray.serve._private import replica
+
+    original = getattr(replica.add_port_to_grpc_server, "__wrapped__", replica.add_port_to_grpc_server)
+    where = f"[{host}]" if ":" in host else host
+
+    def bound(server, address: str):
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = f"{where}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    bound.__wrapped__ = original
+    replica.add_port_to_grpc_server = bound
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class JobRunner:
     """One replica: runs sampling jobs as Ray tasks and keeps their progress."""
 
-    def __init__(self, max_active: int = 4, checkpoint_seconds: float = 5.0):
-        self.jobs = LocalJobs(_ray_runner, max_active, checkpoint_seconds)
+    def __init__(self, limits: dict | None = None, checkpoint_seconds: float = 5.0, bind_host: str | None = None):
+        _bind_replica_grpc(bind_host)
+        self.jobs = LocalJobs(_ray_runner, checkpoint_seconds=checkpoint_seconds, limits=Limits.from_dict(limits))
 
     def submit(self, *args) -> dict:
         return self.jobs.submit(*args)
+
+    def cancel(self, job_id: str) -> dict | None:
+        return self.jobs.cancel(job_id)
 
     def status(self, job_id: str) -> dict | None:
         return self.jobs.status(job_id)
@@ -527,6 +795,9 @@ class _HandleJobs:
     def submit(self, *args) -> dict:
         return self.handle.submit.remote(*args).result()
 
+    def cancel(self, job_id: str) -> dict | None:
+        return self.handle.cancel.remote(job_id).result()
+
     def status(self, job_id: str) -> dict | None:
         return self.handle.status.remote(job_id).result()
 
@@ -534,36 +805,52 @@ class _HandleJobs:
         return self.handle.list.remote().result()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+INGRESS_MAX_ONGOING = 256  # requests one ingress replica holds at once (a stalled one for body_seconds at most)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=INGRESS_MAX_ONGOING,
+                  max_queued_requests=4 * INGRESS_MAX_ONGOING)
 @serve.ingress()
 class VolumeIngress:
     """The HTTP ingress: the FastAPI app of :func:`build_app` over the tables directory."""
 
     def __init__(self, tables_dir: str, jobs_handle, token_sha256: str | None = None, limits: dict | None = None,
-                 data_dir: str | None = None):
+                 data_dir: str | None = None, bind_host: str | None = None):
+        _bind_replica_grpc(bind_host)
         self.api = VolumeAPI(tables_dir, jobs=_HandleJobs(jobs_handle), token_sha256=token_sha256,
-                             limits=Limits(**(limits or {})), data_dir=data_dir)
+                             limits=Limits.from_dict(limits), data_dir=data_dir)
 
     def __serve_build_asgi_app__(self):
         return build_app(self.api)
 
 
 def application(tables_dir: str | Path, *, token: str | None = None, limits: Limits | None = None,
-                data_dir: str | Path | None = None, replicas: int = 1, checkpoint_seconds: float = 5.0):
-    """The Serve application (ingress + job runner) over ``tables_dir``."""
+                data_dir: str | Path | None = None, replicas: int = 1, checkpoint_seconds: float = 5.0,
+                bind_host: str | None = None, max_ongoing_requests: int | None = None):
+    """The Serve application (ingress + job runner) over ``tables_dir``. ``bind_host``: the
+    address every server the application starts listens on (the replicas' gRPC ports; the
+    HTTP proxy takes :func:`http_options`); None leaves Ray's default (all interfaces)."""
+    from volume.errors import TableError
+
     limits = limits or Limits()
-    TableStore(tables_dir)  # fail early on a missing directory
-    runner = JobRunner.bind(limits.max_active_jobs, checkpoint_seconds)
-    return VolumeIngress.options(num_replicas=replicas).bind(
-        str(Path(tables_dir).resolve()), runner, token_digest(token), dataclasses.asdict(limits),
-        None if data_dir is None else str(Path(data_dir).resolve()))
+    store = TableStore(tables_dir)  # fail early on a missing directory
+    for name in store.names():  # what a killed writer left behind: removed by whoever gets the table's lock
+        with contextlib.suppress(TableError), table_lock(store.path(name)):
+            pass  # (a table some running job holds keeps its temporaries: they are that job's)
+    runner = JobRunner.bind(dataclasses.asdict(limits), checkpoint_seconds, bind_host)
+    ingress = VolumeIngress.options(num_replicas=replicas)
+    if max_ongoing_requests is not None:
+        ingress = ingress.options(max_ongoing_requests=max_ongoing_requests, max_queued_requests=4 * max_ongoing_requests)
+    return ingress.bind(str(store.root), runner, token_digest(token), dataclasses.asdict(limits),
+                        None if data_dir is None else str(Path(data_dir).resolve()), bind_host)
 
 
 def build(args: dict) -> Any:
     """Application builder for ``serve deploy`` (cluster/serve.yaml). ``args``: tables (dir),
-    data_dir, replicas, checkpoint_seconds, limits (dict of :class:`Limits` fields), and
-    allow_anonymous_jobs. The token comes from VOLUME_TOKEN in the application's
-    runtime_env; without one the builder refuses, unless allow_anonymous_jobs is true."""
+    data_dir, replicas, checkpoint_seconds, limits (dict of :class:`volume.limits.Limits`
+    fields), bind_host, and allow_anonymous_jobs. The token comes from VOLUME_TOKEN in the
+    application's runtime_env; without one the builder refuses, unless allow_anonymous_jobs
+    is true."""
     import os
 
     token = os.environ.get(TOKEN_ENV) or None
@@ -571,10 +858,10 @@ def build(args: dict) -> Any:
         raise VolumeError(f"no {TOKEN_ENV} in the application's environment: set it in runtime_env.env_vars "
                           "(job submission must be authenticated), or set args.allow_anonymous_jobs: true")
     try:
-        limits = Limits(**(args.get("limits") or {}))
-    except TypeError as e:
-        raise VolumeError(f"args.limits: {e}; known fields: {', '.join(f.name for f in dataclasses.fields(Limits))}") from None
+        limits = Limits.from_dict(args.get("limits"))
+    except (TypeError, VolumeError) as e:
+        raise VolumeError(f"args.limits: {e}") from None
     return application(args["tables"], token=token, limits=limits, data_dir=args.get("data_dir"),
                        replicas=int(args.get("replicas", 1)),
-                       checkpoint_seconds=float(args.get("checkpoint_seconds", 5.0)))
-
+                       checkpoint_seconds=float(args.get("checkpoint_seconds", 5.0)),
+                       bind_host=args.get("bind_host"))

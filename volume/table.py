@@ -6,15 +6,22 @@ merge into exactly the table of the union of their blocks, whatever the grouping
 order (merging is a sorted multiset union: associative and commutative). Merging tables
 of different specs or random streams, or counting a block twice, raises :class:`TableError`.
 
-On disk (HDF5, readable with plain h5py): root attributes ``format="volume-table"``,
+On disk (HDF5, readable with plain h5py; text attributes are fixed-length UTF-8 bytes, so
+``f.attrs["spec"].decode()``): root attributes ``format="volume-table"``,
 ``format_version``, ``spec`` (JSON), ``spec_id``, ``random_stream`` (the version of the random
-stream the draws came from; absent in tables of version 1), ``n_samples``, ``library_version``,
-``torch_version`` and ``numpy_version`` (of the process that wrote the file), and for
-tables of optimizer-found functions ``n_trainings`` and ``n_failed`` (trainings that did not reach
-zero error; they follow from the blocks, len(blocks) * block_size - n_samples, and are checked on load);
-datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts`` (uint64, U),
-``blocks`` (int64, sorted). Writes go to a temporary file in the same directory that is
-renamed over the target, so a reader sees the old table or the new one, never half.
+stream the draws came from; absent in tables of stream 1), ``n_samples``, ``library_version``,
+``torch_version`` and ``numpy_version`` (of the process that wrote the file), ``content_sha256``,
+and for tables of optimizer-found functions ``n_trainings`` and ``n_failed`` (trainings that did
+not reach zero error; they follow from the blocks, len(blocks) * block_size - n_samples, and are
+checked on load); datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts``
+(uint64, U), ``blocks`` (int64, sorted), each with the Fletcher-32 filter. Writes go to a
+temporary file in the same directory that is renamed over the target, so a reader sees the
+old table or the new one, never half.
+
+Integrity (format version 2): ``content_sha256`` is ``volume.h5io.content_digest`` of
+(format, spec JSON, spec_id, random_stream, n_samples, keys, counts, blocks); ``load``
+recomputes it, so a corrupt file either fails to load, with an error that names it, or loads
+as exactly the table that was saved. Version 1 files (no checksums) are still read, unverified.
 """
 
 from __future__ import annotations
@@ -26,12 +33,13 @@ import numpy as np
 
 from volume import __version__
 from volume.errors import TableError
-from volume.h5io import atomic_h5, check_format
+from volume.h5io import atomic_h5, attr_text, check_format, checked_dataset, content_digest, set_text_attrs
 from volume.keys import key_bytes, pack_labels, parse_function
 from volume.spec import RANDOM_STREAM_VERSION, ExperimentSpec, SpecError
 
 FORMAT = "volume-table"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no checksums
 
 
 def _void(keys: np.ndarray) -> np.ndarray:
@@ -252,51 +260,69 @@ class FrequencyTable:
     def save(self, path: str | Path) -> None:
         """Write atomically: temporary file in the same directory, fsync, rename."""
         with atomic_h5(path) as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["spec"] = self.spec.to_json(indent=None)
-            f.attrs["spec_id"] = self.spec_id
+            spec_json = self.spec.to_json(indent=None)
+            set_text_attrs(f, format=FORMAT, spec=spec_json, spec_id=self.spec_id, library_version=__version__,
+                           torch_version=_package_version("torch"), numpy_version=np.__version__,
+                           content_sha256=self._digest(spec_json, self.spec_id, self.random_stream, self.n_samples,
+                                                       self.keys, self.counts, self.blocks))
+            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
             f.attrs["random_stream"] = np.int64(self.random_stream)
             f.attrs["n_samples"] = np.uint64(self.n_samples)
-            f.attrs["library_version"] = __version__
-            f.attrs["torch_version"] = _package_version("torch")
-            f.attrs["numpy_version"] = np.__version__
             if self.spec.training is not None:  # for plain-h5py readers; checked on load
                 f.attrs["n_trainings"] = np.uint64(self.n_attempts)
                 f.attrs["n_failed"] = np.uint64(self.n_failed)
-            f.create_dataset("keys", data=self.keys, dtype=np.uint8, chunks=True if self.n_distinct else None,
-                             compression="gzip" if self.n_distinct > 4096 else None)
-            f.create_dataset("counts", data=self.counts, dtype=np.uint64)
-            f.create_dataset("blocks", data=self.blocks, dtype=np.int64)
+            checked_dataset(f, "keys", self.keys, np.uint8, compress=self.n_distinct > 4096)
+            checked_dataset(f, "counts", self.counts, np.uint64)
+            checked_dataset(f, "blocks", self.blocks, np.int64)
+
+    @staticmethod
+    def _digest(spec_json: str, spec_id: str, stream: int, n_samples: int, keys, counts, blocks) -> str:
+        return content_digest(FORMAT, spec_json, spec_id, stream, n_samples, np.asarray(keys, np.uint8),
+                              np.asarray(counts, "<u8"), np.asarray(blocks, "<i8"))
 
     @classmethod
     def load(cls, path: str | Path) -> "FrequencyTable":
         """Read and validate a table; any defect is a TableError naming the file."""
-        import h5py
-
         p = Path(path)
         if not p.is_file():
             raise TableError(f"table file {str(p)!r} does not exist")
         try:
-            with h5py.File(p, "r") as f:
-                check_format(f, p, FORMAT, FORMAT_VERSION, "volume table", TableError)
-                for name in ("keys", "counts", "blocks"):
-                    if name not in f:
-                        raise TableError(f"{str(p)!r} lacks the dataset {name!r}: the file is corrupt")
-                spec_json = f.attrs["spec"]
-                stored_id = str(f.attrs["spec_id"])
-                stream = int(f.attrs.get("random_stream", 1))
-                n_samples = int(f.attrs["n_samples"])
-                n_failed = int(f.attrs["n_failed"]) if "n_failed" in f.attrs else None
-                keys = f["keys"][...]
-                counts = f["counts"][...]
-                blocks = f["blocks"][...]
-        except TableError:
-            raise
-        except (OSError, KeyError, ValueError, RuntimeError) as e:
-            raise TableError(f"cannot read table {str(p)!r}: the file is corrupt or truncated ({e})") from None
+            return cls._load(p)
+        except TableError as e:
+            text = str(e)
+            raise TableError(text if str(p) in text else f"table {str(p)!r}: {text}") from None
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError,
+                OverflowError, UnicodeError) as e:
+            raise TableError(f"cannot read table {str(p)!r}: the file is corrupt or truncated "
+                             f"({type(e).__name__}: {str(e)[:200]})") from None
+
+    @classmethod
+    def _load(cls, p: Path) -> "FrequencyTable":
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            check_format(f, p, FORMAT, READABLE_VERSIONS, "volume table", TableError)
+            version = int(f.attrs["format_version"])
+            for name in ("keys", "counts", "blocks"):
+                if name not in f or not isinstance(f[name], h5py.Dataset):
+                    raise TableError(f"{str(p)!r} lacks the dataset {name!r}: the file is corrupt")
+            spec_json = attr_text(f, "spec")
+            stored_id = attr_text(f, "spec_id")
+            stream = int(f.attrs.get("random_stream", 1))
+            n_samples = int(f.attrs["n_samples"])
+            n_failed = int(f.attrs["n_failed"]) if "n_failed" in f.attrs else None
+            digest = attr_text(f, "content_sha256")
+            if spec_json is None or stored_id is None:
+                raise TableError(f"{str(p)!r} lacks the spec attributes: the file is corrupt")
+            keys = f["keys"][...]
+            counts = f["counts"][...]
+            blocks = f["blocks"][...]
+        if version >= 2:
+            if not isinstance(digest, str) or digest != cls._digest(spec_json, stored_id, stream, n_samples, keys, counts, blocks):
+                raise TableError(f"table {str(p)!r}: its content does not match its checksum (content_sha256): "
+                                 "the file is corrupt; sample it again or restore it from a copy")
         try:
-            spec = ExperimentSpec.from_json(spec_json if isinstance(spec_json, str) else spec_json.decode())
+            spec = ExperimentSpec.from_json(spec_json)
         except SpecError as e:
             raise TableError(f"table {str(p)!r} holds an invalid spec: {e}") from None
         if spec.spec_id_under(stream) != stored_id:

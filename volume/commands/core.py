@@ -9,6 +9,7 @@ import numpy as np
 
 from volume.commands import TRAIN_HELP, add_command
 from volume.errors import VolumeError
+from volume.parsing import parse_indices
 
 
 TABLE_HELP = "a table written by `volume sample` (.h5)"
@@ -75,34 +76,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_plot)
 
 
-def parse_indices(text: str, n_inputs: int) -> np.ndarray:
-    """'0-3,7,9-10' -> [0,1,2,3,7,9,10] (ranges inclusive)."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise VolumeError(f"--train {text!r} is not a list of indices: use e.g. '0-63' or '0,5,9'") from None
-    idx = np.asarray(out, dtype=np.int64)
-    if idx.size == 0 or idx.min() < 0 or idx.max() >= n_inputs:
-        raise VolumeError(f"--train indices must be non-empty and lie in 0..{n_inputs - 1}")
-    return idx
-
-
-def resolve_target(table, target: str) -> np.ndarray:
-    """A target of a table's input set, rule or function (``volume.inputs.resolve_labels``)."""
-    from volume.inputs import resolve_labels
-
-    return resolve_labels(target, table.spec, table.classes)
-
-
 def _print_estimates(rows, as_json: bool) -> None:
     if as_json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -164,7 +137,7 @@ def cmd_posterior(args) -> int:
     if (args.train is None) == (args.train_size is None):
         raise VolumeError("give exactly one of --train INDICES or --train-size K")
     if args.train is not None:
-        idx = parse_indices(args.train, table.n_inputs)
+        idx = parse_indices(args.train, table.n_inputs, "--train")
     else:
         if not 1 <= args.train_size < table.n_inputs:
             raise VolumeError(f"--train-size must lie in 1..{table.n_inputs - 1}")

@@ -219,14 +219,14 @@ def cmd_kernel(args) -> int:
 
 
 def cmd_posterior(args) -> int:
-    from volume.commands.core import parse_indices
+    from volume.parsing import parse_indices
     from volume.gp.posterior import gp_posterior
     from volume.inputs import load_inputs, resolve_labels
 
     spec = ExperimentSpec.load(args.spec)
     inputs = load_inputs(spec.inputs)
     target = resolve_labels(args.target, inputs, allow_file=True)
-    train = parse_indices(args.train, inputs.n_inputs)
+    train = parse_indices(args.train, inputs.n_inputs, "--train")
     if args.samples is not None and args.samples < 2:
         raise VolumeError("--samples must be an integer >= 2")
     res = gp_posterior(_kernel(args, spec, inputs), train, target[train], target,

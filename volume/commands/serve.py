@@ -1,8 +1,10 @@
 """`volume serve --tables DIR`: the query service (Ray Serve, FastAPI) over the tables in
 DIR, on http://127.0.0.1:8000 by default (OpenAPI docs at /docs).
 
-Job submission (POST /jobs) requires `Authorization: Bearer TOKEN` when the environment
-variable VOLUME_TOKEN is set. The service binds a non-loopback address only with a token.
+Job submission and cancellation (POST /jobs, DELETE /jobs/ID) require `Authorization: Bearer
+TOKEN` when the environment variable VOLUME_TOKEN is set. The service binds a non-loopback
+address only with a token; the HTTP port and the replicas' gRPC ports bind --host only.
+What one request or job may cost is bounded (volume.limits; cluster/README.md).
 Runs on a local Ray instance, or on the cluster named by --address / RAY_ADDRESS.
 """
 
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from volume.commands import add_command
+from volume.wire import TOKEN_ENV
 from volume.errors import VolumeError
 
 
@@ -39,7 +42,6 @@ def _interrupt(signum, frame):
 
 
 def run(args: argparse.Namespace) -> int:
-    from volume.client import TOKEN_ENV
     from volume.jobs import is_loopback_host, ray_session
 
     token = os.environ.get(TOKEN_ENV) or None
@@ -55,13 +57,14 @@ def run(args: argparse.Namespace) -> int:
     with ray_session(args.address) as ray:  # noqa: F841 (imports Ray with the loopback setting first)
         from ray import serve
 
-        from volume.service import Limits, application
+        from volume.service import Limits, application, http_options
 
         overrides = {k: v for k, v in (("max_functions", args.max_functions),
                                        ("max_body_bytes", args.max_body_bytes)) if v is not None}
-        app = application(args.tables, token=token, limits=Limits(**overrides), data_dir=args.data_dir,
-                          replicas=args.replicas, checkpoint_seconds=args.checkpoint_seconds)
-        serve.start(http_options={"host": args.host, "port": args.port})
+        limits = Limits(**overrides)
+        app = application(args.tables, token=token, limits=limits, data_dir=args.data_dir,
+                          replicas=args.replicas, checkpoint_seconds=args.checkpoint_seconds, bind_host=args.host)
+        serve.start(http_options=http_options(args.host, args.port, limits))
         serve.run(app, name="volume", route_prefix="/")
         print(f"volume service on http://{args.host}:{args.port} (docs at /docs; jobs "
               f"{'need a bearer token' if token else 'need no token'}); Ctrl-C stops it", flush=True)
