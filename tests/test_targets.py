@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from volume.cli import main
-from volume.commands.core import resolve_target
+from volume.parsing import resolve_target
 from volume.errors import FunctionError
 from volume.gp.estimate import resolve_labels as gp_resolve
 from volume.inputs import load_inputs, resolve_labels, target_labels
