@@ -13,6 +13,7 @@ Endpoints (JSON in and out; no pickle crosses the wire):
     POST /jobs                        sample into a table (creates or extends it); bearer token if configured
     GET  /jobs, /jobs/{id}            job progress
     POST /gp/estimate                 volume.gp.estimate.log_prior(spec, labels) (501 if not installed)
+    POST /logp                        volume.logp.log_p(spec, f, method): count | ep | gp | nested, bounded work
 
 A table is ``DIR/NAME.h5``; NAME matches ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (no path
 separators, no '..'), so a request can never name a file outside DIR. Tables are cached
@@ -256,6 +257,28 @@ class GPRequest(_Body):
     table: str | None = Field(None, description="instead of spec: use this table's spec")
 
 
+class LogPRequest(_Body):
+    functions: list[str | list[int]] = Field(..., min_length=1, description="functions: '0'/'1' strings, hex keys, "
+                                                                            "target rules or label lists")
+    spec: dict[str, Any] | None = None
+    table: str | None = Field(None, description="instead of spec: this table's spec (and its counts for 'count'/'auto')")
+    method: str = Field("auto", description="auto | count | ep | gp | nested (volume.logp.log_p)")
+    seed: int = Field(0, ge=0)
+    particles: int | None = Field(None, ge=2, description="nested: particles per replica")
+    replicas: int | None = Field(None, ge=1, description="nested: independent replicas (the error bar)")
+    p0: float | None = Field(None, gt=0, lt=1, description="nested: fraction kept per level")
+    moves: int | None = Field(None, ge=1, description="nested: slice-sampling steps per particle per level")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogPLimits:
+    """Bounds on the work of one POST /logp, checked before any is done (413 above them)."""
+
+    max_functions: int = 16
+    max_levels: int = 150  # nested levels: ln P below about -max_levels * ln(1/p0) is answered as a bound
+    max_work: float = 4e12  # multiply-adds, worst case over all functions (volume.nested.work_bound)
+
+
 # ---- the API, free of HTTP and Ray ------------------------------------------------------
 class VolumeAPI:
     """What each endpoint does; ``jobs`` is a LocalJobs or a handle to the JobRunner deployment."""
@@ -411,6 +434,41 @@ class VolumeAPI:
         return _plain(log_prior(spec, labels).to_dict())
 
 
+    def logp(self, req: LogPRequest) -> list[dict]:
+        """ln P(f) by volume.logp.log_p; the worst-case work is bounded before starting."""
+        from volume.logp import METHODS, log_p
+        from volume.nested import NestedSettings, work_bound
+
+        lim: LogPLimits = getattr(self, "logp_limits", LogPLimits())
+        if (req.spec is None) == (req.table is None):
+            raise ApiError(400, "give exactly one of spec (a JSON spec) or table (a table name)")
+        if req.method not in METHODS:
+            raise ApiError(400, f"method {req.method!r} is unknown: use one of {', '.join(METHODS)}")
+        table = self.store.get(req.table) if req.table is not None else None
+        spec = self.parse_spec(req.spec) if req.spec is not None else table.spec
+        self._cap("functions", len(req.functions), lim.max_functions)
+        if req.method in ("ep", "gp"):
+            self._cap("inputs of the spec", spec.n_inputs, self.limits.max_gp_inputs)
+        given = {k: getattr(req, k) for k in ("particles", "replicas", "p0", "moves") if getattr(req, k) is not None}
+        settings = NestedSettings(**given, max_levels=lim.max_levels)
+        if req.method in ("auto", "nested"):
+            from volume.inputs import load_inputs
+
+            inputs = load_inputs(spec.inputs)
+            work = work_bound(spec, settings, inputs.shape, inputs.n_inputs) * len(req.functions)
+            if work > lim.max_work:
+                raise ApiError(413, f"this request may cost up to {work:.3g} multiply-adds (nested: replicas x particles "
+                                    f"x levels x moves x tries x network), above this server's limit of "
+                                    f"{lim.max_work:.3g}: ask for fewer particles, replicas or functions")
+        if req.method == "count" and table is None:
+            raise ApiError(400, "method 'count' needs a table: give table (a table name) instead of spec")
+        out = []
+        for f in req.functions:
+            f = f if isinstance(f, str) else np.asarray(f)
+            out.append(log_p(spec, f, req.method, table=table, seed=req.seed, settings=settings).to_dict())
+        return _plain(out)
+
+
 # ---- HTTP ---------------------------------------------------------------------------
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int):
@@ -479,6 +537,7 @@ def build_app(api: VolumeAPI) -> FastAPI:
     app.get("/jobs", summary="all jobs")(api.list_jobs)
     app.get("/jobs/{job_id}", summary="a job's progress")(api.job)
     app.post("/gp/estimate", summary="GP/EP estimate of log P(f)")(api.gp_estimate)
+    app.post("/logp", summary="ln P(f) by counting, EP, the GP estimator or nested sampling")(api.logp)
     return app
 
 
