@@ -215,3 +215,23 @@ def test_empirical_kernel_over_ray_equals_in_process(ray_local, tmp_path):
     assert main(args + ["-o", str(tmp_path / "ray.h5"), "--ray"]) == 0
     with h5py.File(tmp_path / "local.h5") as a, h5py.File(tmp_path / "ray.h5") as b:
         assert np.array_equal(a["K"][...], b["K"][...]) and np.array_equal(a["stderr"][...], b["stderr"][...])
+
+
+def test_nested_replicas_as_ray_tasks_equal_in_process(ray_local, tmp_path, capsys):
+    """`volume logp --method nested --ray` runs the replicas of the nested estimator as Ray tasks
+    (volume.jobs.ray_map) and answers exactly what the in-process run answers."""
+    import json
+
+    from volume.cli import main
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(6,), activation="tanh"), prior=Prior(sigma_w=2.0, sigma_b=0.4),
+                          inputs=BooleanCube(n=3), seed=2, block_size=64)
+    spec_path = tmp_path / "n.toml"
+    spec.save(spec_path)
+    args = ["logp", str(spec_path), "00010111", "--method", "nested", "--particles", "30", "--replicas", "3", "--json"]
+    outs = []
+    for extra in ([], ["--ray"]):
+        assert main(args + extra) == 0
+        outs.append(json.loads(capsys.readouterr().out)[0])
+    assert outs[0]["diagnostics"]["replicas"] == outs[1]["diagnostics"]["replicas"]
+    assert outs[0]["log_p"] == outs[1]["log_p"] and outs[0]["stderr"] > 0

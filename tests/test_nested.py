@@ -182,3 +182,17 @@ def test_combine_replicas_and_bad_settings():
         NestedSettings(p0=1.0)
     with pytest.raises(VolumeError, match="particles"):
         NestedSettings(particles=0)
+
+
+def test_experiment_nested_volume_column():
+    """volume.experiments.volumes.NestedVolume: the estimator with its error bar, cached per function."""
+    from volume.experiments.volumes import NestedVolume
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(4,), activation="tanh"), prior=Prior(sigma_b=0.5),
+                          inputs=BooleanCube(n=2))
+    vol = NestedVolume(spec, particles=30, replicas=3)
+    f = np.array([0, 1, 1, 1], dtype=np.uint8)
+    value, se = vol(f)
+    expected = nested_log_p(spec, f, NestedSettings(particles=30, replicas=3))
+    assert (value, se) == (expected.log_p, expected.stderr) and se > 0
+    assert vol(f.copy()) == (value, se) and len(vol.cache) == 1

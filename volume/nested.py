@@ -98,7 +98,7 @@ class NestedSettings:
     moves: int = 2
     max_shrink: int = 40
     max_levels: int = 2000
-    batch: int = 1024
+    batch: int = 64
 
     def __post_init__(self) -> None:
         for name in ("particles", "replicas", "moves", "max_shrink", "max_levels", "batch"):

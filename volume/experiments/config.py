@@ -28,7 +28,7 @@ from typing import Any
 from volume.errors import VolumeError
 from volume.spec import ExperimentSpec, ImageSubset, Training
 
-VOLUME_METHODS = ("table", "gp")
+VOLUME_METHODS = ("table", "gp", "nested")
 
 
 def _err(path: str, value: Any, fix: str) -> VolumeError:

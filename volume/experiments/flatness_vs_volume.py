@@ -36,7 +36,7 @@ from scipy import stats
 
 from volume.experiments.config import VOLUME_METHODS, FlatnessConfig, System
 from volume.experiments.measures import MEASURE_NAMES, local_energy_names, measure
-from volume.experiments.volumes import GPVolume, prior_table, table_log_prior
+from volume.experiments.volumes import GPVolume, NestedVolume, prior_table, table_log_prior
 from volume.inputs import load_inputs
 from volume.keys import labels_to_hex
 from volume.reparam import alpha_rescale
@@ -70,6 +70,8 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
     if "gp" in system.volume:
         gp = GPVolume(spec)
         volumes["gp"] = lambda labels: (gp(labels), "")
+    if "nested" in system.volume:
+        volumes["nested"] = NestedVolume(spec)
 
     def volume(labels, row, suffix=""):
         for method in VOLUME_METHODS:
@@ -77,6 +79,8 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
             row[f"log_prior_{method}{suffix}"] = value
             if method == "table" and not suffix:
                 row["in_table"] = flag
+            if method == "nested":
+                row[f"log_prior_nested_se{suffix}"] = flag
 
     rng = np.random.default_rng([config.rescale.seed, k])
     rows: list[dict] = []
