@@ -173,18 +173,24 @@ def cmd_perceptron(args) -> None:
                                   abseps=1e-14, releps=1e-5)
         refs.append(math.log(mvn.cdf(np.zeros(len(f)))))
     st = dict(particles=args.particles, replicas=args.replicas)
-    res = _map([(spec.to_dict(), f.tolist(), st, args.seed + i) for i, f in enumerate(fs)], args.workers)
+    jobs = [(spec.to_dict(), f.tolist(), st, args.seed + 100 * i + k) for i, f in enumerate(fs) for k in range(args.repeats)]
+    res = _map(jobs, args.workers)
+    refs = [ref for ref in refs for _ in range(args.repeats)]
     rows = []
-    print(f"perceptron on {args.images} digits images, sigma_w = 1, sigma_b = 0.3; reference: scipy MVN CDF (Genz)")
+    print(f"perceptron on {args.images} digits images, sigma_w = 1, sigma_b = 0.3; reference: scipy MVN CDF (Genz); "
+          f"{args.repeats} seeds per function")
     for ref, r in zip(refs, res):
         z = (r["log_p"] - ref) / r["stderr"]
         rows.append(dict(ref=ref, **r, z=z))
         print(f"  ln P ref {ref:8.3f}   nested {r['log_p']:8.3f} +- {r['stderr']:.3f}   z {z:+.2f}   cpu {r['cpu_s']:.1f} s")
     zs = np.array([row["z"] for row in rows])
-    bias = np.mean([row["log_p"] - row["ref"] for row in rows])
-    print(f"rms z = {math.sqrt(np.mean(zs ** 2)):.2f}, mean error {bias:+.3f} nats over {len(rows)} functions")
+    err = np.array([row["log_p"] - row["ref"] for row in rows])
+    raw = np.array([np.mean(row["replicas"]) - row["ref"] for row in rows])
+    print(f"rms z = {math.sqrt(np.mean(zs ** 2)):.2f}; mean error (bias) {err.mean():+.3f} +- "
+          f"{err.std(ddof=1) / math.sqrt(len(err)):.3f} nats over {len(rows)} runs; without the s^2/2 correction "
+          f"{raw.mean():+.3f} +- {raw.std(ddof=1) / math.sqrt(len(raw)):.3f}")
     _save("perceptron", {"images": args.images, "settings": st, "rows": rows, "rms_z": math.sqrt(np.mean(zs ** 2)),
-                         "mean_error": bias})
+                         "bias": err.mean(), "bias_uncorrected": raw.mean()})
 
 
 def cmd_seeds(args) -> None:
@@ -206,38 +212,51 @@ def cmd_seeds(args) -> None:
                                              "cpu_s": [r["cpu_s"] for r in res]})
 
 
-def cmd_gp(args) -> None:
+def _gp_rows(spec, fs: dict, args, label: str) -> list[dict]:
     from volume.gp.estimate import log_prior
+
+    st = dict(particles=args.particles, replicas=args.replicas)
+    res = _map([(spec.to_dict(), np.asarray(f).tolist(), st, args.seed) for f in fs.values()], args.workers)
+    rows = []
+    for (name, f), r in zip(fs.items(), res):
+        gp = log_prior(spec, f, importance_samples=args.is_samples, seed=args.seed)
+        row = dict(case=label, function=name, nested=r["log_p"], nested_se=r["stderr"], gp=gp.log_p,
+                   gp_se=gp.is_stderr, ep=gp.log_p_ep, cpu_s=r["cpu_s"])
+        row["gap"] = r["log_p"] - gp.log_p
+        row["gap_se"] = math.hypot(r["stderr"], gp.is_stderr or 0.0)
+        rows.append(row)
+        print(f"{label:22s} {name:12s} nested {r['log_p']:8.3f} +- {r['stderr']:.3f}   GP (EP+IS) {gp.log_p:8.3f} "
+              f"+- {gp.is_stderr or 0:.3f}   gap {row['gap']:+.3f} +- {row['gap_se']:.3f}   cpu {r['cpu_s']:.0f} s",
+              flush=True)
+    return rows
+
+
+def cmd_gp(args) -> None:
+    """A. 5-bit cube, one ReLU hidden layer of each width: nested against the GP (EP + importance
+    sampling) on the same inputs. B. The Boolean system (7-40-40-1): the finite-width gap
+    nested - GP on counted functions and on 'majority'."""
+    from volume.inputs import load_inputs, target_labels
     from volume.spec import ExperimentSpec
 
     rows = []
     rng = np.random.default_rng(args.seed)
     for width in [int(w) for w in args.widths.split(",")]:
-        spec = ExperimentSpec.from_dict({"architecture": {"kind": "fcn", "hidden": [width, width]},
-                                         "prior": {"sigma_w": 1.0, "sigma_b": 0.0},
+        spec = ExperimentSpec.from_dict({"architecture": {"kind": "fcn", "hidden": [width]},
+                                         "prior": {"sigma_w": 1.0, "sigma_b": 0.3},
                                          "inputs": {"kind": "boolean", "n": 5}})
-        from volume.inputs import load_inputs, target_labels
-
         inputs = load_inputs(spec.inputs)
-        fs = {"zero": target_labels(inputs, "zero"), "bit:2": target_labels(inputs, "bit:2"),
-              "majority": target_labels(inputs, "majority")}
-        for _ in range(args.random):
-            g = (rng.random(32) < 0.15).astype(np.uint8)
-            g[0] = 0
-            fs[f"sparse{_}"] = g
-        st = dict(particles=args.particles, replicas=args.replicas)
-        res = _map([(spec.to_dict(), f.tolist(), st, args.seed) for f in fs.values()], args.workers)
-        for (name, f), r in zip(fs.items(), res):
-            gp = log_prior(spec, f, importance_samples=args.is_samples, seed=args.seed)
-            row = dict(width=width, function=name, nested=r["log_p"], nested_se=r["stderr"], gp=gp.log_p,
-                       gp_se=gp.is_stderr, ep=gp.log_p_ep, cpu_s=r["cpu_s"])
-            row["gap"] = r["log_p"] - gp.log_p
-            row["gap_se"] = math.hypot(r["stderr"], gp.is_stderr or 0.0)
-            rows.append(row)
-            print(f"width {width:5d} {name:10s} nested {r['log_p']:8.3f} +- {r['stderr']:.3f}   GP (EP+IS) "
-                  f"{gp.log_p:8.3f} +- {gp.is_stderr or 0:.3f}   gap {row['gap']:+.3f} +- {row['gap_se']:.3f}   "
-                  f"cpu {r['cpu_s']:.0f} s")
-    _save("gp", {"rows": rows})
+        fs = {r: target_labels(inputs, r) for r in ("zero", "bit:2", "majority")}
+        rng = np.random.default_rng(args.seed)
+        for i in range(args.random):
+            fs[f"random{i}"] = (rng.random(32) < 0.2).astype(np.uint8)
+        rows += _gp_rows(spec, fs, args, f"5-{width}-1 relu")
+    if args.table:
+        table = _load(args.table)
+        fs = {f"n_f={n}": f for f, n in _pick_by_count(table, [100000, 1000, 10], rng)}
+        fs["majority"] = target_labels(load_inputs(table.spec.inputs), "majority")
+        rows += _gp_rows(table.spec, fs, args, "boolean7 7-40-40-1")
+    _save("gp", {"rows": rows, "settings": dict(particles=args.particles, replicas=args.replicas),
+                 "is_samples": args.is_samples})
 
 
 def main() -> None:
@@ -259,6 +278,7 @@ def main() -> None:
     s = sub.add_parser("perceptron")
     s.add_argument("--images", type=int, default=12)
     s.add_argument("--functions", type=int, default=10)
+    s.add_argument("--repeats", type=int, default=1, help="seeds per function")
     s.set_defaults(func=cmd_perceptron)
     s = sub.add_parser("seeds")
     s.add_argument("table")
@@ -266,8 +286,9 @@ def main() -> None:
     s.add_argument("--repeats", type=int, default=20)
     s.set_defaults(func=cmd_seeds)
     s = sub.add_parser("gp")
-    s.add_argument("--widths", default="40,1000")
+    s.add_argument("--widths", default="40,2000")
     s.add_argument("--random", type=int, default=2)
+    s.add_argument("--table", default=None, help="a boolean7 table: the width-40 gap on counted functions")
     s.add_argument("--is-samples", type=int, default=20000)
     s.set_defaults(func=cmd_gp)
     args = p.parse_args()

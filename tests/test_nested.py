@@ -158,7 +158,7 @@ def test_deterministic_in_the_seed_and_independent_of_the_batch():
     assert mapped.replicas == a.replicas
 
 
-def test_margin_is_positive_exactly_on_the_function():
+def test_level_is_zero_exactly_on_the_function():
     spec = ExperimentSpec(architecture=FCN(hidden=(5,)), prior=Prior(sigma_b=0.5), inputs=BooleanCube(n=3),
                           output=Output("argmax", 3))
     inputs = load_inputs(spec.inputs)
@@ -170,8 +170,8 @@ def test_margin_is_positive_exactly_on_the_function():
     labels = labels_from_outputs(spec, m0.outputs(eps, m0.x_all)).numpy()
     for i in range(0, 500, 50):
         L, match = Margin(spec, inputs, labels[i])(eps)
-        assert bool(match[i]) and float(L[i]) > 0
-        assert torch.equal(L > 0, match)  # no ties in continuous draws
+        assert bool(match[i]) and float(L[i]) == 0
+        assert torch.equal(L == 0, match) and bool((L[~match] < 0).all())
 
 
 def test_combine_replicas_and_bad_settings():
