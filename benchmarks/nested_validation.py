@@ -91,7 +91,7 @@ def cmd_tune(args) -> None:
     table = _load(args.table)
     rng = np.random.default_rng(args.seed)
     (f, n_f), = _pick_by_count(table, [args.count], rng)
-    grid = [(0.5, 1), (0.5, 2), (0.5, 4), (0.3, 2), (0.3, 4), (0.1, 4), (0.1, 8), (0.7, 1), (0.7, 2)]
+    grid = [tuple(float(v) if i == 0 else int(v) for i, v in enumerate(g.split("/"))) for g in args.grid.split(",")]
     jobs = [(table.spec.to_dict(), f.tolist(), dict(particles=args.particles, replicas=args.replicas, p0=p0, moves=mv),
              args.seed) for p0, mv in grid]
     ref = math.log(n_f / table.n_samples)
@@ -269,6 +269,7 @@ def main() -> None:
     s = sub.add_parser("tune")
     s.add_argument("table")
     s.add_argument("--count", type=int, default=300)
+    s.add_argument("--grid", default="0.5/1,0.5/2,0.5/4,0.3/3,0.1/6", help="p0/moves settings")
     s.set_defaults(func=cmd_tune)
     s = sub.add_parser("count")
     s.add_argument("table")

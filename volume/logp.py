@@ -10,7 +10,8 @@ Methods (each answers ln P(f) of ``function`` on the spec's input set under its 
 * ``'gp'``: ``volume.gp.estimate.log_prior(spec, labels)`` with its own defaults, the best GP
   estimate the library has (its ``method`` and ``stderr`` when it reports them).
 * ``'nested'``: the finite network's own volume by subset simulation with elliptical slice
-  sampling in parameter space (:mod:`volume.nested`), error bar from independent replicas.
+  sampling in parameter space (:mod:`volume.nested`), error bar from R independent replicas;
+  ``interval`` is log_p +- t_{R-1} SE (Student t: the SE is estimated from R values).
 * ``'auto'`` (default): ``'count'`` when a table is given and holds f at least ``min_count``
   times (then the counting error, about 1/sqrt(n_f) nats, is at most 0.1), else ``'nested'``.
 
@@ -191,7 +192,14 @@ def log_p(spec: ExperimentSpec, function: Any, method: str = "auto", *, table: A
         reason = r.reason
         if r.converged and r.stderr is None:
             reason = "one replica: no error bar (use replicas >= 2)"
-        res = LogP("nested", r.log_p, r.stderr, upper_bound=not r.converged, reason=reason,
+        interval = None
+        if r.converged and r.stderr is not None and math.isfinite(r.log_p):
+            from scipy.stats import t as student_t
+
+            # the SE comes from R replicas: a Student-t interval with R - 1 degrees of freedom
+            half = float(student_t.ppf(0.5 + confidence / 2, len(r.replicas) - 1)) * r.stderr
+            interval = (r.log_p - half, r.log_p + half)
+        res = LogP("nested", r.log_p, r.stderr, upper_bound=not r.converged, interval=interval, reason=reason,
                    diagnostics=r.to_dict())
     return _named(res, text)
 
