@@ -61,13 +61,24 @@ def run(spec: ExperimentSpec, labels, settings: NestedSettings, pool: _Pool, see
     t0 = time.perf_counter()
     r = nested_log_p(spec, labels, settings, seed=seed, map_fn=pool)
     row = dict(particles=settings.particles, replicas=settings.replicas, p0=settings.p0, moves=settings.moves,
-               log_p=r.log_p, stderr=r.stderr, replica_sd=r.replica_sd, levels=r.levels_mean,
+               log_p=r.log_p, stderr=r.stderr, replica_values=r.replicas, replica_sd=r.replica_sd, levels=r.levels_mean,
                evaluations=r.evaluations, tries=r.shrink_mean, stuck=r.stuck_fraction, converged=r.converged,
                wall_s=time.perf_counter() - t0, cpu_s=pool.cpu, load=os.getloadavg()[0])
-    print(f"  N={settings.particles:4d} R={settings.replicas:2d}: ln P = {r.log_p:9.3f} +- {r.stderr:.3f}  "
+    print(f"  N={settings.particles:4d} R={settings.replicas:2d} moves={settings.moves} p0={settings.p0}: ln P = {r.log_p:9.3f} +- {r.stderr:.3f}  "
           f"levels {r.levels_mean:5.1f}  evals {r.evaluations:9d}  wall {row['wall_s']:6.1f} s  cpu {pool.cpu:6.1f} s  "
           f"load {row['load']:.1f}", flush=True)
     return row
+
+
+def _settings(text: str) -> NestedSettings:
+    """'NxR' or 'NxRxMOVES' or 'NxRxMOVESxP0': particles, replicas, ESS moves per level, p0."""
+    parts = text.split("x")
+    kw = dict(particles=int(parts[0]), replicas=int(parts[1]))
+    if len(parts) > 2:
+        kw["moves"] = int(parts[2])
+    if len(parts) > 3:
+        kw["p0"] = float(parts[3])
+    return NestedSettings(**kw)
 
 
 def main() -> None:
@@ -84,9 +95,8 @@ def main() -> None:
         spec = ExperimentSpec.load(ROOT / "examples" / "boolean7.toml")
         f = target_labels(load_inputs(spec.inputs), "majority")
         print("boolean7 (7-40-40-1 ReLU), f = majority:")
-        for s in (["40x4"] if args.quick else args.boolean.split(",")):
-            n, r = map(int, s.split("x"))
-            out["boolean"].append(run(spec, f, NestedSettings(particles=n, replicas=r), pool))
+        for s in (["40x4"] if args.quick else [b for b in args.boolean.split(",") if b]):
+            out["boolean"].append(run(spec, f, _settings(s), pool))
         if not args.skip_mnist:
             spec = ExperimentSpec.from_dict({
                 "architecture": {"kind": "fcn", "hidden": [40, 40], "activation": "relu"},
@@ -95,10 +105,10 @@ def main() -> None:
             f = target_labels(load_inputs(spec.inputs), "ge5")
             print("MNIST 100 test images, 784-40-40-1 ReLU, f = ge5:")
             for s in (["20x4"] if args.quick else args.mnist.split(",")):
-                n, r = map(int, s.split("x"))
-                out["mnist"].append(run(spec, f, NestedSettings(particles=n, replicas=r), pool))
+                out["mnist"].append(run(spec, f, _settings(s), pool))
     (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "rare_nested.json").write_text(json.dumps(out, indent=1, allow_nan=False))
+    name = "rare_nested.json" if args.boolean and not args.skip_mnist else "rare_nested_part.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1, allow_nan=False))
 
 
 if __name__ == "__main__":
