@@ -80,7 +80,7 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
             if method == "table" and not suffix:
                 row["in_table"] = flag
             if method == "nested":
-                row[f"log_prior_nested_se{suffix}"] = flag
+                row[f"log_prior_nested_se{suffix}"] = flag if method in volumes else math.nan
 
     rng = np.random.default_rng([config.rescale.seed, k])
     rows: list[dict] = []
