@@ -234,3 +234,23 @@ def test_gp_logp_of_a_table_over_ray_equals_in_process(ray_local, spec, tmp_path
     local = json.loads(capsys.readouterr().out)
     assert main(args + ["--ray"]) == 0
     assert json.loads(capsys.readouterr().out) == local and len(local) == 4
+
+
+def test_nested_replicas_as_ray_tasks_equal_in_process(ray_local, tmp_path, capsys):
+    """`volume logp --method nested --ray` runs the replicas of the nested estimator as Ray tasks
+    (volume.jobs.ray_map) and answers exactly what the in-process run answers."""
+    import json
+
+    from volume.cli import main
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(6,), activation="tanh"), prior=Prior(sigma_w=2.0, sigma_b=0.4),
+                          inputs=BooleanCube(n=3), seed=2, block_size=64)
+    spec_path = tmp_path / "n.toml"
+    spec.save(spec_path)
+    args = ["logp", str(spec_path), "00010111", "--method", "nested", "--particles", "30", "--replicas", "3", "--json"]
+    outs = []
+    for extra in ([], ["--ray"]):
+        assert main(args + extra) == 0
+        outs.append(json.loads(capsys.readouterr().out)[0])
+    assert outs[0]["diagnostics"]["replicas"] == outs[1]["diagnostics"]["replicas"]
+    assert outs[0]["log_p"] == outs[1]["log_p"] and outs[0]["stderr"] > 0

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "volume.commands.serve",
     "volume.commands.flatness",
     "volume.commands.gp",
+    "volume.commands.logp",
 ]
 
 

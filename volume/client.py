@@ -208,6 +208,15 @@ class VolumeClient:
                 "kernel_samples": kernel_samples}
         return self._request("POST", "/gp/estimate", json=body)
 
+    def logp(self, functions: Iterable[str | Sequence[int]], spec: dict | None = None, table: str | None = None,
+             method: str = "auto", seed: int = 0, **nested: Any) -> list[dict]:
+        """POST /logp: ln P(f) of each function by ``method`` (auto | count | ep | gp | nested, see
+        ``volume.logp``) on ``spec``'s inputs or ``table``'s; ``nested`` takes particles,
+        replicas, p0, moves. Each answer has log_p, stderr, upper_bound, reason, diagnostics."""
+        body = {"functions": [f if isinstance(f, str) else [int(x) for x in f] for f in functions],
+                "spec": spec, "table": table, "method": method, "seed": seed, **nested}
+        return self._request("POST", "/logp", json=body)
+
     def wait(self, job: JobStatus | str, timeout: float | None = None, poll: float = 0.5,
              on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
         """Follow a job until it is done and return its last status; raise JobFailed if it

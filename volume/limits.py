@@ -54,6 +54,9 @@ class Limits:
     max_gp_kernel_steps: int = 1 << 27  # (L + 1) M^2 analytic kernel steps
     max_gp_sample_work: int = 1 << 34  # samples x M^2 of a GP estimate's Monte-Carlo draws
     max_gp_kernel_work: int = 1 << 33  # networks x M^2 of an empirical kernel
+    max_logp_functions: int = 16  # functions in one POST /logp
+    max_logp_levels: int = 150  # nested levels: ln P below about -levels * ln(1/p0) is answered as a bound
+    max_logp_work: float = 4e12  # multiply-adds of one POST /logp, worst case (volume.nested.work_bound)
     # ---- one job
     max_draws: int = 10**9  # draws one job may ask for
     max_blocks: int = 100_000  # blocks of a job (each is bookkeeping in the runner)
@@ -200,3 +203,21 @@ def check_gp(spec, limits: Limits, *, samples: int = 0, kernel: str = "analytic"
     if kernel == "empirical":
         cap("networks x inputs^2 of the empirical kernel", kernel_samples * m * m, limits.max_gp_kernel_work,
             "use fewer kernel_samples")
+
+
+# ---- the ln P(f) endpoint -------------------------------------------------------------------
+def check_logp(spec, limits: Limits, method: str, n_functions: int, settings) -> None:
+    """Refuse a POST /logp whose worst-case work is above ``limits``: the number of functions,
+    the GP limits for 'ep'/'gp', and for 'auto'/'nested' the multiply-adds of
+    ``volume.nested.work_bound`` (replicas x particles x levels x moves x tries x network)."""
+    cap("functions", n_functions, limits.max_logp_functions, "send fewer functions per request")
+    if method in ("ep", "gp"):
+        check_gp(spec, limits)
+    if method in ("auto", "nested"):
+        from volume.inputs import load_inputs
+        from volume.nested import work_bound
+
+        inputs = load_inputs(spec.inputs)
+        work = work_bound(spec, settings, inputs.shape, inputs.n_inputs) * n_functions
+        cap("worst-case multiply-adds of nested sampling", int(work), int(limits.max_logp_work),
+            "ask for fewer particles, replicas or functions")

@@ -15,6 +15,7 @@ Endpoints (JSON in and out; no pickle crosses the wire):
     DELETE /jobs/{id}                 cancel a job (its counted draws are saved); bearer token if configured
     POST /gp/estimate                 volume.gp.estimate.log_prior(spec, labels, method=...): ln P(f), its
                                       standard error, method and diagnostics (501 if not installed)
+    POST /logp                        volume.logp.log_p(spec, f, method): count | ep | gp | nested, bounded work
 
 A table is ``DIR/NAME.h5``; NAME fully matches ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (no path
 separators, no '..', no newline), so a request can never name a file outside DIR. Tables are cached
@@ -68,7 +69,7 @@ from volume import __version__
 from volume.checks import json_safe
 from volume.errors import VolumeError
 from volume.estimate import entropy_bits, good_turing_unseen, posterior, prior_estimates, top_estimates
-from volume.limits import Limits, cap, check_gp, check_job
+from volume.limits import Limits, cap, check_gp, check_job, check_logp
 from volume.parsing import check_indices, parse_indices, resolve_target
 from volume.runner import JobCancelled, missing_blocks, run_local, table_lock
 from volume.spec import ExperimentSpec, ImageSubset
@@ -339,6 +340,19 @@ class WorkBudget:
                                 "ask for less (fewer functions, a smaller table or spec)") from None
 
 
+class LogPRequest(_Body):
+    functions: list[str | list[int]] = Field(..., min_length=1, description="functions: '0'/'1' strings, hex keys, "
+                                                                            "target rules or label lists")
+    spec: dict[str, Any] | None = None
+    table: str | None = Field(None, description="instead of spec: this table's spec (and its counts for 'count'/'auto')")
+    method: str = Field("auto", description="auto | count | ep | gp | nested (volume.logp.log_p)")
+    seed: int = Field(0, ge=0)
+    particles: int | None = Field(None, ge=2, description="nested: particles per replica")
+    replicas: int | None = Field(None, ge=1, description="nested: independent replicas (the error bar)")
+    p0: float | None = Field(None, gt=0, lt=1, description="nested: fraction kept per level")
+    moves: int | None = Field(None, ge=1, description="nested: slice-sampling steps per particle per level")
+
+
 # ---- the API, free of HTTP and Ray ------------------------------------------------------
 class VolumeAPI:
     """What each endpoint does; ``jobs`` is a LocalJobs or a handle to the JobRunner deployment."""
@@ -540,6 +554,32 @@ class VolumeAPI:
                                 likelihood=req.likelihood, kernel=req.kernel, kernel_samples=req.kernel_samples).to_dict())
 
 
+    def logp(self, req: LogPRequest) -> list[dict]:
+        """ln P(f) by volume.logp.log_p; the worst-case work is bounded before starting
+        (``volume.limits.check_logp``) and the work runs within the time budget."""
+        from volume.logp import METHODS
+        from volume.nested import NestedSettings
+
+        if (req.spec is None) == (req.table is None):
+            raise ApiError(400, "give exactly one of spec (a JSON spec) or table (a table name)")
+        if req.method not in METHODS:
+            raise ApiError(400, f"method {req.method!r} is unknown: use one of {', '.join(METHODS)}")
+        if req.method == "count" and req.table is None:
+            raise ApiError(400, "method 'count' needs a table: give table (a table name) instead of spec")
+        table = self.store.get(req.table) if req.table is not None else None
+        spec = self.parse_spec(req.spec) if req.spec is not None else table.spec
+        given = {k: getattr(req, k) for k in ("particles", "replicas", "p0", "moves") if getattr(req, k) is not None}
+        settings = NestedSettings(**given, max_levels=self.limits.max_logp_levels)
+        check_logp(spec, self.limits, req.method, len(req.functions), settings)
+        return self.work.run("the ln P(f) estimate", self._logp, spec, table, req, settings)
+
+    def _logp(self, spec: ExperimentSpec, table, req: LogPRequest, settings) -> list[dict]:
+        from volume.logp import log_p
+
+        return _plain([log_p(spec, f if isinstance(f, str) else np.asarray(f), req.method, table=table, seed=req.seed,
+                             settings=settings).to_dict() for f in req.functions])
+
+
 # ---- HTTP ---------------------------------------------------------------------------
 class _Reject(ValueError):
     """A body that parses as JSON but that the service refuses (non-finite, too large, too deep)."""
@@ -729,6 +769,7 @@ def build_app(api: VolumeAPI) -> FastAPI:
     app.get("/jobs", summary="all jobs (finished ones expire)")(api.list_jobs)
     app.get("/jobs/{job_id}", summary="a job's progress")(api.job)
     app.post("/gp/estimate", summary="GP/EP estimate of log P(f)")(api.gp_estimate)
+    app.post("/logp", summary="ln P(f) by counting, EP, the GP estimator or nested sampling")(api.logp)
     return app
 
 

@@ -7,16 +7,19 @@ error and the method that produced it. Methods available here:
 * ``'table'``: counted from a prior table, ln(n_f / N), standard error sqrt((1 - p) / n_f)
   (binomial, delta method); a function the table never drew gets the one-sided 95% upper
   bound ln(1 - 0.05^(1/N)) and method ``'table-bound'`` (an upper bound, no error bar).
-* ``'gp'``: the GP/EP estimate ``volume.gp.estimate.log_prior`` with the spec's analytic NNGP
-  kernel (computed once); with ``importance_samples`` > 0 the importance-sampled value and
-  its standard error (``is_stderr``, method ``'ep+is'``), else the EP value with no error bar
-  (method ``'ep'``). When the importance samples have fewer than MIN_ESS effective samples their
-  value and standard error cannot be trusted: the EP value is kept, method ``'ep(is-ess<50)'``.
+* ``'gp'``: the GP estimate ``volume.gp.estimate.log_prior`` with the spec's analytic NNGP
+  kernel (computed once), by its default method (EP-guided sequential importance sampling,
+  with its standard error; the method that answered is recorded, and a value whose
+  diagnostics failed has no error bar and a method name ending in ``(unreliable)``). With
+  ``importance_samples`` > 0 the older EP + importance sampling instead (method ``'ep+is'``);
+  when those samples have fewer than MIN_ESS effective samples the EP value is kept, method
+  ``'ep(is-ess<50)'``.
+* ``'nested'``: the finite network's own volume by nested sampling in parameter space
+  (``volume.nested``; ``volume.experiments.volumes.NestedVolume``), with its standard error
+  from independent replicas.
 * ``'auto'``: ``'table'`` where the table holds the function, ``'gp'`` where it does not.
 
-The rare-function estimators of issues 9 and 10 (``volume.logp.log_p(spec, f, method=...)``,
-returning ``.log_p``, ``.stderr``, ``.method``) plug in at :func:`_estimator` with one line;
-:func:`stderr_of` reads a standard error from either result type.
+:func:`stderr_of` reads a standard error from any of the estimators' result types.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from volume.errors import VolumeError
 from volume.spec import ExperimentSpec
 from volume.table import FrequencyTable
 
-VOLUME_METHODS = ("table", "gp", "auto")
+VOLUME_METHODS = ("table", "gp", "auto", "nested")
 MIN_ESS = 50  # importance sampling with fewer effective samples is not trusted: EP is kept, flagged
 
 
@@ -74,9 +77,8 @@ def counted(table: FrequencyTable, labels: np.ndarray) -> Volume:
 
 
 def _estimator(spec: ExperimentSpec, importance_samples: int, seed: int) -> VolumeFn:
-    """The estimator for functions a table cannot count. Today: GP/EP (issue 5's
-    ``log_prior``). Issue 9/10's entry point replaces the body with
-    ``lambda s, lab: _wrap(volume.logp.log_p(s, lab, method=...))``."""
+    """The GP estimator for functions a table cannot count (``log_prior``'s default method,
+    or EP + IS when ``importance_samples`` > 0)."""
     from volume.experiments.volumes import GPVolume
 
     gp = GPVolume(spec, importance_samples=importance_samples, seed=seed)
@@ -84,7 +86,9 @@ def _estimator(spec: ExperimentSpec, importance_samples: int, seed: int) -> Volu
     def fn(s: ExperimentSpec, labels: np.ndarray) -> Volume:
         res = gp.result(labels)
         if not importance_samples:
-            return Volume(float(res.log_p), stderr_of(res), "ep")
+            if res.reliable:
+                return Volume(float(res.log_p), res.stderr, res.method)
+            return Volume(float(res.log_p), None, f"{res.method}(unreliable)")
         return _checked_is(res.log_p_is, stderr_of(res), res.is_ess, float(res.log_p_ep))
 
     return fn
@@ -108,6 +112,16 @@ def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable |
         raise VolumeError(f"volume method {method!r} needs a prior table of the spec (prior_blocks > 0)")
     if method == "table":
         return lambda s, labels: counted(table, labels)
+    if method == "nested":
+        from volume.experiments.volumes import NestedVolume
+
+        nested = NestedVolume(spec, seed=seed)
+
+        def by_nested(s: ExperimentSpec, labels: np.ndarray) -> Volume:
+            log_p, se = nested(labels)
+            return Volume(log_p, None if not math.isfinite(se) else se, "nested")
+
+        return by_nested
     rare = _estimator(spec, importance_samples, seed)
     if method == "gp":
         return rare
@@ -120,18 +134,26 @@ def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable |
 
 
 def gp_log_p_subset(K: np.ndarray, indices: np.ndarray, labels: np.ndarray, *,
-                    importance_samples: int = 0, seed: int = 0) -> Volume:
+                    importance_samples: int = 0, seed: int = 0, method: str = "auto") -> Volume:
     """ln P(sign z_I = labels), z ~ N(0, K): the GP prior mass of the functions with these labels
     on the inputs I (the others free; marginalising a Gaussian is taking the sub-kernel K_II).
     With I = S and the training labels this is P(U) (Valle-Perez et al. 2019). EP on K_II, with
-    the importance-sampling correction and its standard error when ``importance_samples`` > 0."""
+    the importance-sampling correction and its standard error when ``importance_samples`` > 0;
+    otherwise ``volume.gp.score.score`` by ``method`` (default 'auto': EP-SIS with its standard
+    error, no error bar where its diagnostics fail)."""
     from volume.gp.ep import ep_log_p, importance_log_p
+    from volume.gp.score import score
 
     idx = np.asarray(indices, dtype=np.int64)
     train_labels = np.asarray(labels)
     K_ss = np.asarray(K, dtype=np.float64)[np.ix_(idx, idx)]
+    if not importance_samples:
+        est = score(K_ss, train_labels, method=method, seed=seed)
+        if est.reliable:
+            return Volume(float(est.log_p), est.stderr, est.method)
+        return Volume(float(est.log_p), None, f"{est.method}(unreliable)")
     ep = ep_log_p(K_ss, train_labels)
-    if importance_samples and not ep.impossible:
+    if not ep.impossible:
         res = importance_log_p(K_ss, train_labels, ep, importance_samples, seed=seed)
         return _checked_is(res.log_p, stderr_of(res), res.ess, float(ep.log_z))
     return Volume(float(ep.log_z), None, "ep")

@@ -4,6 +4,9 @@
   :class:`volume.sampler.Sampler` over blocks 0..prior_blocks-1). log P(f) = ln(n_f / N);
   a function never drawn gets the one-sided 95% upper bound 1 - 0.05^(1/N) (about 3/N),
   flagged by ``in_table = False``.
+* 'nested': the finite network's own volume by subset simulation in parameter space
+  (:func:`volume.nested.nested_log_p`), with its standard error from independent replicas;
+  settings :data:`NESTED_SETTINGS` (about 1 nat of error at ln P = -40).
 * 'gp': the Gaussian-process (EP) estimate ``volume.gp.estimate.log_prior(spec, labels).log_p``
   with the analytic NNGP kernel of the spec's whole input set, computed once and passed
   as ``kernel_matrix``.
@@ -35,6 +38,31 @@ def table_log_prior(table: FrequencyTable, labels: np.ndarray) -> tuple[float, b
     n_f = int(table.lookup_keys(pack_labels(labels[None], table.classes))[0])
     n = table.n_samples
     return (math.log(n_f / n), True) if n_f else (math.log(unseen_upper_bound(n)), False)
+
+
+NESTED_SETTINGS = dict(particles=60, replicas=4)
+"""Settings of the experiment's nested volume (see benchmarks/RESULTS.md, "Issue 10")."""
+
+
+class NestedVolume:
+    """(ln P(f), its standard error) by the nested estimator of the finite network; results
+    cached by function (the alpha-rescaled network computes the same function)."""
+
+    def __init__(self, spec: ExperimentSpec, seed: int = 0, **settings):
+        from volume.nested import NestedSettings
+
+        self.spec, self.seed = spec, seed
+        self.settings = NestedSettings(**{**NESTED_SETTINGS, **settings})
+        self.cache: dict[bytes, tuple[float, float]] = {}
+
+    def __call__(self, labels: np.ndarray) -> tuple[float, float]:
+        from volume.nested import nested_log_p
+
+        key = np.asarray(labels, dtype=np.uint8).tobytes()
+        if key not in self.cache:
+            r = nested_log_p(self.spec, labels, self.settings, seed=self.seed)
+            self.cache[key] = (float(r.log_p), math.nan if r.stderr is None else float(r.stderr))
+        return self.cache[key]
 
 
 class GPVolume:

@@ -1,0 +1,128 @@
+"""The one entry point for ln P(f) (volume.logp.log_p) and its CLI, service endpoint and client:
+each method answers what its own module computes, 'auto' picks counting only with enough
+counts, answers are strict JSON, bad input is a one-line error or a 4xx."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from volume.cli import main
+from volume.client import ServiceError, VolumeClient
+from volume.errors import VolumeError
+from volume.keys import labels_to_text, unpack_keys
+from volume.logp import log_p
+from volume.nested import NestedSettings
+from volume.runner import run_local
+from volume.service import LocalJobs, VolumeAPI, build_app
+
+FAST = NestedSettings(particles=40, replicas=4)
+
+
+@pytest.fixture(scope="module")
+def counted(tmp_path_factory):
+    from volume.spec import BooleanCube, ExperimentSpec, FCN, Prior
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(8,)), prior=Prior(sigma_w=1.5, sigma_b=0.5),
+                          inputs=BooleanCube(n=3), seed=1, block_size=4096, name="tiny")
+    d = tmp_path_factory.mktemp("logp")
+    table = run_local(spec, 20 * 4096, d / "tiny.h5")
+    spec.save(d / "tiny.toml")
+    keys, counts = table.top(400)
+    return spec, table, d, unpack_keys(keys, 8, 2), counts
+
+
+def test_count_auto_and_nested_agree(counted):
+    spec, table, _, labels, counts = counted
+    f = labels[0]
+    c = log_p(spec, f, "count", table=table)
+    assert c.log_p == pytest.approx(math.log(counts[0] / table.n_samples)) and not c.upper_bound
+    assert c.interval[0] < c.log_p < c.interval[1]
+    assert log_p(spec, f, table=table).method == "count"  # frequent: auto counts
+    rare = labels[int(np.flatnonzero(counts < 100)[0])]
+    auto = log_p(spec, labels_to_text(rare), table=table, settings=FAST, seed=1)
+    assert auto.method == "nested"  # too few counts: auto runs the nested estimator
+    ref = log_p(spec, rare, "count", table=table)
+    assert abs(auto.log_p - ref.log_p) <= 4 * math.hypot(auto.stderr, ref.stderr) + 0.05
+    d = auto.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["diagnostics"]["settings"]["particles"] == 40
+
+
+def test_unseen_function_is_an_upper_bound_and_impossible_is_null(counted):
+    spec, table, _, _, _ = counted
+    from volume.keys import pack_labels
+
+    seen = {bytes(k) for k in table.keys}
+    f = next(np.array(b, dtype=np.uint8) for b in np.ndindex(*(2,) * 8)
+             if bytes(pack_labels(np.array(b, dtype=np.uint8)[None])[0]) not in seen)
+    r = log_p(spec, f, "count", table=table)
+    assert r.upper_bound and r.stderr is None and "never drawn" in r.reason
+    zero_spec = spec.replace(prior=spec.prior.__class__(sigma_w=1.0, sigma_b=0.0))
+    imp = log_p(zero_spec, "1" + "0" * 7, "nested", settings=FAST)
+    d = imp.to_dict()
+    assert d["log_p"] is None and d["impossible"] and "fixed" in d["reason"]
+    json.dumps(d, allow_nan=False)
+
+
+def test_ep_and_gp_methods_call_the_gp_estimator(counted):
+    from volume.gp.estimate import log_prior
+
+    spec, _, _, labels, _ = counted
+    ep = log_p(spec, labels[5], "ep")
+    assert ep.log_p == pytest.approx(log_prior(spec, labels[5], importance_samples=0).log_p, rel=1e-9)
+    gp = log_p(spec, labels[5], "gp")
+    assert gp.log_p == pytest.approx(log_prior(spec, labels[5]).log_p, rel=1e-9)
+    json.dumps(gp.to_dict(), allow_nan=False)
+
+
+def test_bad_input_is_a_volume_error(counted):
+    spec, table, _, labels, _ = counted
+    with pytest.raises(VolumeError, match="method"):
+        log_p(spec, labels[0], "magic")
+    with pytest.raises(VolumeError, match="needs a table"):
+        log_p(spec, labels[0], "count")
+    with pytest.raises(VolumeError, match="expected 8"):
+        log_p(spec, "0101", "nested")
+    with pytest.raises(VolumeError, match="spec"):
+        log_p(spec.replace(seed=9, architecture=spec.architecture.__class__(hidden=(3,))), labels[0], "count", table=table)
+
+
+def test_cli(counted, capsys):
+    spec, table, d, labels, counts = counted
+    f = labels_to_text(labels[0])
+    assert main(["logp", str(d / "tiny.toml"), f, "--table", str(d / "tiny.h5"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["method"] == "count" and out[0]["diagnostics"]["count"] == int(counts[0])
+    assert main(["logp", str(d / "tiny.toml"), f, "--method", "nested", "--particles", "30", "--replicas", "3"]) == 0
+    assert "method=nested" in capsys.readouterr().out
+    assert main(["logp", str(d / "tiny.toml"), f, "--method", "nested", "--p0", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "p0" in err and "Traceback" not in err
+
+
+def test_service_and_client(counted):
+    spec, table, d, labels, counts = counted
+    api = VolumeAPI(d, jobs=LocalJobs(checkpoint_seconds=0.0))
+    http = TestClient(build_app(api))
+    client = VolumeClient("http://testserver", transport=http._transport)
+    f = labels_to_text(labels[0])
+    got = client.logp([f], table="tiny", method="count")
+    assert got[0]["log_p"] == pytest.approx(math.log(counts[0] / table.n_samples))
+    nested = client.logp([f], spec=spec.to_dict(), method="nested", particles=30, replicas=3)
+    assert nested[0]["method"] == "nested" and nested[0]["stderr"] > 0
+    for body, status in [({"functions": [f], "table": "tiny", "method": "magic"}, 400),
+                         ({"functions": [f], "spec": spec.to_dict(), "table": "tiny"}, 400),
+                         ({"functions": ["01"], "table": "tiny"}, 400),
+                         ({"functions": [f], "table": "nope"}, 404),
+                         ({"functions": [f], "table": "tiny", "particles": 10**6, "replicas": 100}, 413),
+                         ({"functions": [f] * 17, "table": "tiny"}, 413),
+                         ({"functions": [f], "table": "tiny", "p0": 2}, 422)]:
+        r = http.post("/logp", json=body)
+        assert r.status_code == status, (body, r.text)
+    with pytest.raises(ServiceError):
+        client.logp([f], table="tiny", method="magic")

@@ -1,0 +1,198 @@
+"""The nested (subset simulation + elliptical slice sampling) estimator of ln P(f) of the finite
+network, against independent references: probabilities that sum to 1 over all functions,
+closed-form and quadrature orthant probabilities of a perceptron, brute-force counts (FCN,
+CNN, argmax, uniform prior), and exact handling of inputs the prior fixes."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from volume.errors import VolumeError
+from volume.nested import Margin, NestedSettings, combine_replicas, nested_log_p
+from volume.inputs import load_inputs
+from volume.runner import run_local
+from volume.spec import CNN, FCN, BooleanCube, ExperimentSpec, ImageSubset, Output, Prior
+
+SMALL = NestedSettings(particles=60, replicas=6, moves=2)
+
+
+def _within(est, reference: float, k: float = 4.0, slack: float = 0.05) -> None:
+    assert est.converged and est.stderr is not None
+    assert abs(est.log_p - reference) <= k * est.stderr + slack, (est.log_p, est.stderr, reference)
+
+
+def _counted(table, labels: np.ndarray) -> tuple[float, float]:
+    from volume.keys import pack_labels
+
+    n_f = int(table.lookup_keys(pack_labels(labels[None], table.classes))[0])
+    return math.log(n_f / table.n_samples), 1 / math.sqrt(n_f)
+
+
+def test_all_functions_of_a_2_input_cube_sum_to_one():
+    spec = ExperimentSpec(architecture=FCN(hidden=(6,), activation="tanh"), prior=Prior(sigma_w=2.0, sigma_b=0.7),
+                          inputs=BooleanCube(n=2))
+    total, var = 0.0, 0.0
+    for f in itertools.product([0, 1], repeat=4):
+        r = nested_log_p(spec, np.array(f, dtype=np.uint8), NestedSettings(particles=40, replicas=4), seed=3)
+        p = math.exp(r.log_p)
+        total += p
+        var += (p * r.stderr) ** 2
+    assert abs(total - 1) <= 4 * math.sqrt(var) + 0.01, (total, math.sqrt(var))
+
+
+def test_perceptron_matches_the_closed_form_orthant_probability():
+    """z = w.x + b on the 2-bit cube {0,1}^2: the first 3 inputs have a full-rank covariance
+    K = sigma_w^2 X X^T / 2 + sigma_b^2, so P(labels of inputs 0..2 = f3) = 1/8 + sum_{i<j} asin(rho_ij) / (4 pi)
+    with rho the correlations of S K S (the trivariate orthant probability), which must equal the
+    sum of the nested P over both labels of input 3 (f3 chosen so that neither completion is XOR/XNOR,
+    the two functions a perceptron cannot compute)."""
+    spec = ExperimentSpec(architecture=FCN(hidden=()), prior=Prior(sigma_w=1.3, sigma_b=0.6), inputs=BooleanCube(n=2))
+    x = load_inputs(spec.inputs).flat.astype(np.float64)
+    K = 1.3**2 * x @ x.T / 2 + 0.6**2
+    ref = {}
+    for f3 in itertools.product([0, 1], repeat=3):
+        s = np.array(f3) * 2 - 1
+        C = s[:, None] * K[:3, :3] * s[None, :]
+        d = np.sqrt(np.diag(C))
+        rho = C / d[:, None] / d[None, :]
+        ref[f3] = 1 / 8 + (math.asin(rho[0, 1]) + math.asin(rho[0, 2]) + math.asin(rho[1, 2])) / (4 * math.pi)
+    for f3 in [(0, 0, 1), (1, 0, 1), (1, 1, 1)]:
+        tot, var = 0.0, 0.0
+        for last in (0, 1):
+            r = nested_log_p(spec, np.array(f3 + (last,), dtype=np.uint8), SMALL, seed=5)
+            tot += math.exp(r.log_p)
+            var += (math.exp(r.log_p) * r.stderr) ** 2
+        assert abs(tot - ref[f3]) <= 4 * math.sqrt(var) + 0.002, (f3, tot, ref[f3])
+
+
+def test_perceptron_matches_scipy_orthant_probability_on_images():
+    """A perceptron on 8 digits images: P(f) = P(S z > 0), z ~ N(0, sigma_w^2 X X^T / d + sigma_b^2),
+    by scipy's multivariate normal CDF (Genz) to high precision; rare functions, ln P to -12."""
+    from scipy.stats import multivariate_normal
+
+    spec = ExperimentSpec(architecture=FCN(hidden=()), prior=Prior(sigma_w=1.0, sigma_b=0.3),
+                          inputs=ImageSubset(dataset="digits", count=8, normalise="standard"))
+    x = load_inputs(spec.inputs).flat.astype(np.float64)
+    K = x @ x.T / x.shape[1] + 0.09
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        f = rng.integers(0, 2, 8).astype(np.uint8)
+        s = f.astype(np.float64) * 2 - 1
+        mvn = multivariate_normal(mean=np.zeros(8), cov=s[:, None] * K * s[None, :], maxpts=200_000,
+                                  abseps=1e-12, releps=1e-4)
+        ref = math.log(mvn.cdf(np.zeros(8)))
+        _within(nested_log_p(spec, f, SMALL, seed=7), ref)
+
+
+@pytest.fixture(scope="module")
+def argmax_case():
+    spec = ExperimentSpec(architecture=FCN(hidden=(5,), activation="erf"), prior=Prior(sigma_w=1.5, sigma_b=0.5),
+                          inputs=BooleanCube(n=2, encoding="pm1"), output=Output("argmax", 3), block_size=4096)
+    return spec, run_local(spec, 40 * 4096)
+
+
+def test_argmax_output_agrees_with_counting(argmax_case):
+    spec, table = argmax_case
+    keys, counts = table.top(40)
+    from volume.keys import unpack_keys
+
+    labels = unpack_keys(keys, 4, 3)
+    for i in (0, 10, 30):  # frequent to rarer functions
+        ref, se = _counted(table, labels[i])
+        r = nested_log_p(spec, labels[i], SMALL, seed=11)
+        assert abs(r.log_p - ref) <= 4 * math.hypot(r.stderr, se) + 0.05, (i, r.log_p, r.stderr, ref, se)
+
+
+def test_cnn_and_uniform_prior_agree_with_counting():
+    spec = ExperimentSpec(architecture=CNN(channels=(2,), kernel_size=3, pool="max", dense=()),
+                          prior=Prior(kind="uniform", sigma_w=1.0, sigma_b=0.3),
+                          inputs=ImageSubset(dataset="digits", count=5, normalise="standard"), block_size=2048)
+    table = run_local(spec, 30 * 2048)
+    from volume.keys import unpack_keys
+
+    keys, counts = table.top(12)
+    labels = unpack_keys(keys, 5, 2)
+    for i in (0, 11):
+        ref, se = _counted(table, labels[i])
+        r = nested_log_p(spec, labels[i], SMALL, seed=2)
+        assert abs(r.log_p - ref) <= 4 * math.hypot(r.stderr, se) + 0.05, (i, r.log_p, r.stderr, ref, se)
+
+
+def test_inputs_fixed_by_the_prior_are_exact():
+    """x = 0 with sigma_b = 0: z = 0 exactly, label 0. Labelling it 1 is impossible (-inf with the
+    reason); labelling it 0 drops it from the margin and leaves P unchanged."""
+    spec = ExperimentSpec(architecture=FCN(hidden=(6,)), prior=Prior(sigma_b=0.0), inputs=BooleanCube(n=2))
+    r = nested_log_p(spec, np.array([1, 0, 0, 1], dtype=np.uint8), SMALL)
+    assert r.log_p == -math.inf and "fixed by the prior" in r.reason and r.to_dict()["log_p"] is None
+    r = nested_log_p(spec, np.array([0, 0, 0, 0], dtype=np.uint8), SMALL, seed=1)
+    assert r.n_fixed_inputs == 1 and r.n_active_inputs == 3
+    table = run_local(spec.replace(block_size=4096), 20 * 4096)
+    ref, se = _counted(table, np.array([0, 0, 0, 0], dtype=np.uint8))
+    assert abs(r.log_p - ref) <= 4 * math.hypot(r.stderr, se) + 0.05
+
+
+def test_symmetries_that_make_a_function_impossible():
+    odd = ExperimentSpec(architecture=FCN(hidden=(4,), activation="tanh"), inputs=BooleanCube(n=2, encoding="pm1"))
+    r = nested_log_p(odd, np.array([1, 0, 0, 1], dtype=np.uint8), SMALL)  # f(x) = f(-x) for an odd network
+    assert r.log_p == -math.inf and "odd" in r.reason
+    ok = nested_log_p(odd, np.array([1, 1, 0, 0], dtype=np.uint8), SMALL)  # f(-x) = 1 - f(x): P = 1/4 by symmetry
+    assert abs(ok.log_p - math.log(0.25)) <= 4 * ok.stderr + 0.05
+
+
+def test_deterministic_in_the_seed_and_independent_of_the_batch():
+    spec = ExperimentSpec(architecture=FCN(hidden=(5,), activation="tanh"), prior=Prior(sigma_w=2.0, sigma_b=0.4),
+                          inputs=BooleanCube(n=3))
+    f = np.array([0, 0, 0, 1, 0, 1, 1, 1], dtype=np.uint8)
+    st = NestedSettings(particles=30, replicas=2, batch=7)
+    a = nested_log_p(spec, f, st, seed=4)
+    b = nested_log_p(spec, f, NestedSettings(particles=30, replicas=2, batch=1024), seed=4)
+    c = nested_log_p(spec, f, st, seed=5)
+    assert a.replicas == b.replicas and a.log_p == b.log_p
+    assert a.replicas != c.replicas
+    mapped = nested_log_p(spec, f, st, seed=4, map_fn=lambda fn, items: [fn(i) for i in reversed(items)][::-1])
+    assert mapped.replicas == a.replicas
+
+
+def test_level_is_zero_exactly_on_the_function():
+    spec = ExperimentSpec(architecture=FCN(hidden=(5,)), prior=Prior(sigma_b=0.5), inputs=BooleanCube(n=3),
+                          output=Output("argmax", 3))
+    inputs = load_inputs(spec.inputs)
+    gen = torch.Generator().manual_seed(0)
+    eps = torch.randn(500, Margin(spec, inputs, np.zeros(8, dtype=np.uint8)).dim, generator=gen)
+    m0 = Margin(spec, inputs, np.zeros(8, dtype=np.uint8))
+    from volume.models import labels_from_outputs
+
+    labels = labels_from_outputs(spec, m0.outputs(eps, m0.x_all)).numpy()
+    for i in range(0, 500, 50):
+        L, match = Margin(spec, inputs, labels[i])(eps)
+        assert bool(match[i]) and float(L[i]) == 0
+        assert torch.equal(L == 0, match) and bool((L[~match] < 0).all())
+
+
+def test_combine_replicas_and_bad_settings():
+    lp, se, mean, sd = combine_replicas([-10.0, -11.0, -12.0])
+    assert mean == -11.0 and sd == 1.0 and lp == -10.5
+    assert se == pytest.approx(math.sqrt(1 / 3 + 1 / 4))
+    with pytest.raises(VolumeError, match="p0"):
+        NestedSettings(p0=1.0)
+    with pytest.raises(VolumeError, match="particles"):
+        NestedSettings(particles=0)
+
+
+def test_experiment_nested_volume_column():
+    """volume.experiments.volumes.NestedVolume: the estimator with its error bar, cached per function."""
+    from volume.experiments.volumes import NestedVolume
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(4,), activation="tanh"), prior=Prior(sigma_b=0.5),
+                          inputs=BooleanCube(n=2))
+    vol = NestedVolume(spec, particles=30, replicas=3)
+    f = np.array([0, 1, 1, 1], dtype=np.uint8)
+    value, se = vol(f)
+    expected = nested_log_p(spec, f, NestedSettings(particles=30, replicas=3))
+    assert (value, se) == (expected.log_p, expected.stderr) and se > 0
+    assert vol(f.copy()) == (value, se) and len(vol.cache) == 1

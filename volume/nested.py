@@ -1,0 +1,443 @@
+"""ln P(f) of the finite network: the prior mass of {theta : network(theta) computes f}, by
+subset simulation (adaptive multilevel splitting) with elliptical slice sampling moves.
+
+**Standardised coordinates.** Every parameter the prior draws is a function of one standard
+normal coordinate, eps ~ N(0, I_D) (D = number of drawn parameters; biases are not drawn when
+sigma_b = 0): the Gaussian prior is theta = scale * eps, the uniform prior
+U(-a, a) is theta = a (2 Phi(eps) - 1) = a erf(eps / sqrt 2) (Gaussian-CDF reparametrisation;
+the unit-variance draw sqrt(3) erf(eps / sqrt 2) is then scaled by
+:func:`volume.models.scale_params` exactly as the sampler's). So P(f) = P_{eps ~ N(0, I)}(A_f),
+A_f = {eps : f_theta(eps) = f on the input set}, and the prior is exactly N(0, I).
+
+**Level function.** With the signed output margins m_i = y_i z_i (y_i = +1 / -1 for label 1 / 0;
+threshold output, label = 1[z > 0]) or m_i = z_{i, f_i} - max_{j != f_i} z_{i, j} (argmax output),
+the total violation V = sum_i max(0, -m_i) is scaled by the size of the outputs, s = mean_i |z_i|
+(argmax: the mean range max_j z_ij - min_j z_ij), and
+
+    L(eps) = 0 where the network computes f (labels exactly as the sampler computes them),
+    L(eps) = -max(V / s, TINY) < 0 elsewhere,
+
+so the level set {L >= 0} is exactly A_f and L is continuous off a null set. The smallest margin
+min_i m_i, the level function first tried, defines the same set but its intermediate levels were
+measured to trap the slice sampler (on 'majority' of examples/boolean7.toml one replica ends at
+ln P = -80, and -296 with the margin scaled by s, against -48 and -50 for V / s, whose 8-replica
+estimate is -46.5 +- 1.7, near the GP's -45): V / s lets one input be wrong while the others stay right, and
+is invariant under the positive rescalings that leave f unchanged (ReLU, sigma_b = 0).
+
+**Inputs fixed by the prior.** An input whose outputs are the same for every theta (x = 0 with
+sigma_b = 0: z = 0 exactly, label 0 always) is detected by evaluating ``FIXED_PROBES``
+independent prior draws (a non-constant output repeats exactly with probability 0). If f
+disagrees with the fixed label there, ln P = -inf with the reason; otherwise the input is
+dropped from the margin. Likewise f is impossible (-inf) when it labels two identical inputs
+differently, or, for a positively homogeneous network (ReLU, sigma_b = 0, any pooling),
+two inputs on the same ray x' = c x, c > 0.
+
+**Subset simulation** (Au & Beck 2001, Probabilistic Engineering Mechanics 16:263; in the
+adaptive form of Cerou, Del Moral, Furon & Guyader 2012, Statistics and Computing 22:795, and
+close to nested sampling, Skilling 2006, Bayesian Analysis 1:833, which removes one particle per
+step). N particles are drawn from the prior. At each level k, if at least p0 N particles
+compute f, or the level would reach 0, stop with the last factor p_K = #{f_theta = f} / N.
+Otherwise the threshold c_k is the K-th smallest L (K = N - round(p0 N) particles below it), the
+particles with L <= c_k are replaced by copies of uniformly chosen survivors, the factor is
+p_k = #{L > c_k} / N, and every particle makes ``moves`` elliptical slice sampling steps that
+leave N(0, I) restricted to {L > c_k} invariant (c_k < 0 always: L <= 0, = 0 only on A_f). The estimate is
+
+    ln P_hat = sum_k ln p_k.
+
+**Elliptical slice sampling** (Murray, Adams & MacKay 2010, AISTATS, with the constraint
+1[L > c] as likelihood): nu ~ N(0, I), t ~ U(0, 2 pi), bracket [t - 2 pi, t]; propose
+eps cos t + nu sin t; accept if L > c, else shrink the bracket towards 0 at t and draw t again
+in it. The ellipse passes through eps at t = 0, so a step ends after finitely many tries;
+after ``max_shrink`` tries the particle stays where it is (the truncated kernel is still
+reversible: every path of <= max_shrink tries has the same probability both ways).
+
+**Error bar.** R independent replicas (replica r draws from a generator seeded by
+SeedSequence([seed, r])) give l_1..l_R. The replica estimate of P, exp(l_r), is close to
+unbiased (Cerou et al. 2012), so E[l_r] ~ ln P - s^2 / 2 with s^2 = Var(l_r); the combined
+estimate is the log-normal mean
+
+    ln P_hat = mean(l) + s^2 / 2,     SE^2 = s^2 / R + s^4 / (2 (R - 1)),
+
+s^2 the sample variance of l (the second term is the uncertainty of the s^2 / 2 correction).
+The bias and the variance at the default settings are measured against exact and counted
+references in benchmarks/nested_validation.py (benchmarks/RESULTS.md, "Issue 10").
+
+**Determinism.** A replica's random numbers are drawn in a fixed order from its own generator,
+whatever the evaluation chunk size (``batch``); replicas run in process or as Ray tasks
+(``map_fn=volume.jobs.ray_map``) with the same result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from volume.errors import VolumeError
+from volume.inputs import InputSet, load_inputs
+from volume.models import Layer, forward, labels_from_outputs, layer_shapes, scale_params, stream_tensors
+from volume.spec import ExperimentSpec
+
+TINY = 1e-30
+"""Smallest violation of a network that does not compute f (so that L < 0 off f exactly)."""
+
+FIXED_PROBES = 8
+"""Prior draws used to find the inputs whose output the prior fixes."""
+
+MapFn = Callable[[Callable[[Any], Any], list], list]
+
+
+class NestedError(VolumeError):
+    """Bad settings for the nested estimator."""
+
+
+@dataclass(frozen=True)
+class NestedSettings:
+    """Settings of the estimator (defaults chosen by measurement, benchmarks/RESULTS.md "Issue 10").
+
+    particles: N per replica; replicas: R; p0: fraction of particles kept per level;
+    moves: ESS steps per particle per level; max_shrink: tries per ESS step; max_levels:
+    levels before giving up (then ``converged`` is False); batch: particles per forward
+    call (memory only, never the result)."""
+
+    particles: int = 100
+    replicas: int = 8
+    p0: float = 0.5
+    moves: int = 2
+    max_shrink: int = 40
+    max_levels: int = 2000
+    batch: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("particles", "replicas", "moves", "max_shrink", "max_levels", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise NestedError(f"{name} = {v!r}: give an integer >= 1")
+        if not (isinstance(self.p0, (int, float)) and 0.0 < self.p0 < 1.0):
+            raise NestedError(f"p0 = {self.p0!r}: give the fraction kept per level, strictly between 0 and 1 (e.g. 0.5)")
+        if not 1 <= round(self.p0 * self.particles) < self.particles:
+            raise NestedError(f"p0 * particles = {self.p0 * self.particles:g}: keep at least 1 and fewer than all "
+                              "particles per level (more particles, or p0 nearer 0.5)")
+
+
+# ---- the level function --------------------------------------------------------------
+class Margin:
+    """L(eps) for a function ``labels`` (M,) on ``inputs``, and the exact label match.
+
+    ``impossible`` is a reason string when f has prior mass 0 (see the module docstring),
+    else None; ``active`` are the inputs kept in the margin."""
+
+    def __init__(self, spec: ExperimentSpec, inputs: InputSet, labels: np.ndarray, batch: int = 64,
+                 dtype: torch.dtype = torch.float32):
+        self.spec = spec
+        self.batch = batch
+        self.dtype = dtype
+        self.layers: list[Layer] = layer_shapes(spec, inputs.shape)
+        self.shapes = [tuple(t.shape[1:]) for t in stream_tensors(spec, self.layers, 1)]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.dim = sum(self.sizes)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.x_all = torch.as_tensor(inputs.x, dtype=dtype)
+        self.impossible: str | None = None
+        self.active = self._active_inputs(inputs)
+        self.x = self.x_all[torch.as_tensor(self.active)]
+        self.target = torch.as_tensor(self.labels[self.active])
+
+    # -- parameters
+    def params(self, eps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Standard normal coordinates (n, D) -> the named parameters of the prior."""
+        tensors, off = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            t = eps[:, off:off + size].reshape(eps.shape[0], *shape)
+            if self.spec.prior.kind == "uniform":
+                t = math.sqrt(3.0) * torch.erf(t / math.sqrt(2.0))
+            tensors.append(t)
+            off += size
+        return scale_params(self.spec, self.layers, tensors)
+
+    def outputs(self, eps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        out = [forward(self.spec, self.layers, self.params(eps[i:i + self.batch]), x)
+               for i in range(0, eps.shape[0], self.batch)]
+        return torch.cat(out) if len(out) > 1 else out[0]
+
+    def __call__(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L (n,), computes-f (n,) bool) for n points: L = 0 exactly where the network computes
+        f, else -max(V / s, TINY) < 0 (module docstring)."""
+        with torch.no_grad():
+            z = self.outputs(eps, self.x)
+            if self.spec.output.kind == "threshold":
+                z0 = z[..., 0]
+                m = z0 * (self.target.to(z.dtype) * 2 - 1)
+                scale = z0.abs().mean(dim=1)
+            else:
+                tgt = self.target.view(1, -1, 1).expand(z.shape[0], -1, 1)
+                m = z.gather(2, tgt)[..., 0] - z.scatter(2, tgt, -math.inf).amax(dim=2)
+                scale = (z.amax(dim=2) - z.amin(dim=2)).mean(dim=1)
+            match = (labels_from_outputs(self.spec, z).to(torch.int64) == self.target).all(dim=1)
+            violation = torch.relu(-m).sum(dim=1) / scale.clamp_min(TINY)
+            level = torch.where(match, torch.zeros_like(violation), -violation.clamp_min(TINY))
+            return level, match
+
+    # -- exact handling of inputs the prior fixes
+    def _active_inputs(self, inputs: InputSet) -> np.ndarray:
+        m = len(self.labels)
+        gen = torch.Generator().manual_seed(0x5EED)
+        probe = torch.randn(FIXED_PROBES, self.dim, generator=gen, dtype=self.dtype)
+        with torch.no_grad():
+            z = self.outputs(probe, self.x_all)  # (P, M, units)
+        fixed = (z == z[:1]).all(dim=2).all(dim=0).numpy()
+        fixed_labels = labels_from_outputs(self.spec, z[:1])[0].numpy().astype(np.int64)
+        bad = np.flatnonzero(fixed & (fixed_labels != self.labels))
+        if bad.size:
+            i = int(bad[0])
+            self.impossible = (f"input {i} has an output fixed by the prior (label {fixed_labels[i]} for every "
+                               f"parameter, e.g. x = 0 with sigma_b = 0) but f labels it {self.labels[i]}")
+            return np.flatnonzero(~fixed)
+        self.impossible = self._conflict(inputs, ~fixed)
+        return np.flatnonzero(~fixed)
+
+    def _conflict(self, inputs: InputSet, free: np.ndarray) -> str | None:
+        """Why f is impossible by a symmetry of every network of the spec, or None: identical
+        inputs with different labels; for a positively homogeneous network (ReLU, sigma_b = 0)
+        inputs on one ray x' = c x, c > 0, with different labels; for an odd network (tanh or
+        erf, sigma_b = 0, no max pooling) with a threshold output, x' = -x with equal labels."""
+        spec = self.spec
+        x = inputs.flat.astype(np.float64)
+        act, unbiased = spec.architecture.activation, spec.prior.sigma_b == 0
+        homogeneous = act == "relu" and unbiased
+        odd = (act in ("tanh", "erf") and unbiased and spec.output.kind == "threshold"
+               and getattr(spec.architecture, "pool", "none") != "max")
+        if homogeneous:
+            norm = np.linalg.norm(x, axis=1, keepdims=True)
+            x = np.round(x / np.where(norm > 0, norm, 1), 12) + 0.0
+        seen: dict[bytes, int] = {}
+        for i in np.flatnonzero(free):
+            j = seen.setdefault(x[i].tobytes(), int(i))
+            if self.labels[j] != self.labels[i]:
+                same = "on the same ray x' = c x (ReLU, sigma_b = 0)" if homogeneous else "identical"
+                return f"inputs {j} and {int(i)} are {same}, so every network gives them one label, but f labels them differently"
+            if odd:
+                j = seen.get((-x[i] + 0.0).tobytes())
+                if j is not None and self.labels[j] == self.labels[i]:
+                    return (f"inputs {j} and {int(i)} are x and -x and the network is odd (tanh/erf, sigma_b = 0), "
+                            "so their outputs have opposite signs, but f gives them the same label")
+        return None
+
+
+# ---- one replica ----------------------------------------------------------------------
+@dataclass
+class ReplicaResult:
+    log_p: float
+    levels: int
+    converged: bool
+    reason: str | None
+    evaluations: int  # forward evaluations of one particle
+    shrink_mean: float  # ESS tries per step, mean
+    stuck_fraction: float  # ESS steps that hit max_shrink
+    seconds: float
+    thresholds: list[float] = field(default_factory=list)
+
+
+def _ess_step(margin: Margin, eps: torch.Tensor, L: torch.Tensor, match: torch.Tensor, c: float,
+              gen: torch.Generator, max_shrink: int) -> tuple[int, int, int]:
+    """One elliptical slice sampling step of every particle within {L > c}, in place.
+    Returns (evaluations, tries, steps that ran out of tries)."""
+    n = eps.shape[0]
+    nu = torch.randn(eps.shape, generator=gen, dtype=eps.dtype)
+    t = torch.rand(n, generator=gen, dtype=torch.float64) * (2 * math.pi)
+    lo, hi = t - 2 * math.pi, t.clone()
+    pending = torch.arange(n)
+    evals = 0
+    for _ in range(max_shrink):
+        tp = t[pending]
+        prop = (eps[pending] * torch.cos(tp).to(eps.dtype)[:, None]
+                + nu[pending] * torch.sin(tp).to(eps.dtype)[:, None])
+        lp, mp = margin(prop)
+        evals += len(pending)
+        ok = lp > c
+        acc = pending[ok]
+        eps[acc], L[acc], match[acc] = prop[ok], lp[ok], mp[ok]
+        rej = pending[~ok]
+        if len(rej) == 0:
+            return evals, evals, 0
+        neg = t[rej] < 0
+        lo[rej] = torch.where(neg, t[rej], lo[rej])
+        hi[rej] = torch.where(neg, hi[rej], t[rej])
+        t[rej] = lo[rej] + torch.rand(len(rej), generator=gen, dtype=torch.float64) * (hi[rej] - lo[rej])
+        pending = rej
+    return evals, evals, len(pending)
+
+
+def replica_generator(seed: int, replica: int) -> torch.Generator:
+    s = int(np.random.SeedSequence([seed, replica]).generate_state(1, dtype=np.uint64)[0])
+    return torch.Generator().manual_seed(s)
+
+
+def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Generator) -> ReplicaResult:
+    """One replica: ln P_hat = sum_k ln p_k (module docstring)."""
+    t0 = time.perf_counter()
+    n = settings.particles
+    keep = round(settings.p0 * n)
+    eps = torch.randn(n, margin.dim, generator=gen, dtype=margin.dtype)
+    L, match = margin(eps)
+    evals, tries, steps, stuck = n, 0, 0, 0
+    log_p, thresholds = 0.0, []
+    converged, reason = False, None
+    for level in range(settings.max_levels + 1):
+        n_match = int(match.sum())
+        c = float(torch.kthvalue(L, n - keep).values)
+        if n_match >= keep or c >= 0:  # c = 0 means at least `keep` particles compute f
+            if n_match == 0:
+                reason = "no particle computes f at the last level (ties at the margin 0)"
+                log_p = -math.inf
+            else:
+                log_p += math.log(n_match / n)
+                converged = True
+            break
+        if level == settings.max_levels:
+            reason = (f"stopped after max_levels = {settings.max_levels} levels at margin {c:.3g} < 0; "
+                      f"ln P(f) < {log_p:.4g} (the mass of the last level)")
+            break
+        alive = L > c
+        n_alive = int(alive.sum())
+        if n_alive == 0:
+            reason = f"all particles tie at margin {c:.3g}: the level cannot rise (f may have prior mass 0)"
+            break
+        log_p += math.log(n_alive / n)
+        thresholds.append(c)
+        survivors = torch.nonzero(alive)[:, 0]
+        dead = torch.nonzero(~alive)[:, 0]
+        pick = survivors[torch.randint(0, n_alive, (len(dead),), generator=gen)]
+        eps[dead], L[dead], match[dead] = eps[pick], L[pick], match[pick]
+        for _ in range(settings.moves):
+            e, tr, st = _ess_step(margin, eps, L, match, c, gen, settings.max_shrink)
+            evals += e
+            tries += tr
+            stuck += st
+            steps += n
+    return ReplicaResult(log_p=log_p, levels=len(thresholds), converged=converged, reason=reason, evaluations=evals,
+                         shrink_mean=tries / steps if steps else 0.0, stuck_fraction=stuck / steps if steps else 0.0,
+                         seconds=time.perf_counter() - t0, thresholds=thresholds)
+
+
+class ReplicaTask:
+    """Picklable ``replica -> ReplicaResult`` for one (spec, f, settings, seed): the unit that
+    runs in process or as a Ray task."""
+
+    def __init__(self, spec: ExperimentSpec, labels: np.ndarray, settings: NestedSettings, seed: int):
+        self.spec, self.labels, self.settings, self.seed = spec, np.asarray(labels), settings, seed
+
+    def __call__(self, replica: int) -> ReplicaResult:
+        margin = Margin(self.spec, load_inputs(self.spec.inputs), self.labels, self.settings.batch)
+        return subset_simulation(margin, self.settings, replica_generator(self.seed, replica))
+
+
+def macs_per_evaluation(spec: ExperimentSpec, input_shape: tuple[int, ...], n_inputs: int) -> int:
+    """Multiply-adds of one network on ``n_inputs`` inputs (dense: weights; conv: weights x positions)."""
+    total, hw = 0, math.prod(input_shape[1:]) if len(input_shape) == 3 else 1
+    for layer in layer_shapes(spec, input_shape):
+        w = math.prod(layer.weight_shape)
+        if layer.kind == "conv":
+            total += w * hw
+            hw = hw // 4 if layer.pool != "none" else hw
+        else:
+            total += w
+    return total * n_inputs
+
+
+def work_bound(spec: ExperimentSpec, settings: NestedSettings, input_shape: tuple[int, ...], n_inputs: int) -> float:
+    """Most multiply-adds one estimate can cost: every replica's particles evaluated once, then at
+    most ``max_levels`` levels of ``moves`` ESS steps of at most ``max_shrink`` tries each."""
+    evals = settings.replicas * settings.particles * (1 + settings.max_levels * settings.moves * settings.max_shrink)
+    return float(evals) * macs_per_evaluation(spec, input_shape, n_inputs)
+
+
+# ---- replicas combined ----------------------------------------------------------------
+@dataclass
+class NestedResult:
+    """ln P(f) by subset simulation: ``log_p`` (-inf when f is impossible), ``stderr`` (None
+    with one replica), the replica values and diagnostics."""
+
+    log_p: float
+    stderr: float | None
+    converged: bool
+    reason: str | None
+    replicas: list[float]
+    mean_replica: float | None
+    replica_sd: float | None
+    settings: dict
+    levels_mean: float
+    evaluations: int
+    shrink_mean: float
+    stuck_fraction: float
+    seconds: float
+    n_active_inputs: int
+    n_fixed_inputs: int
+    n_params: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("log_p", "stderr", "mean_replica", "replica_sd"):
+            if d[k] is not None and not math.isfinite(d[k]):
+                d[k] = None
+        d["replicas"] = [v if math.isfinite(v) else None for v in d["replicas"]]
+        return d
+
+
+def combine_replicas(values: list[float]) -> tuple[float, float | None, float, float | None]:
+    """(ln P_hat, SE, mean, sd) from replica estimates l_r: the log-normal mean
+    mean + s^2/2 with SE^2 = s^2/R + s^4/(2(R-1)) (module docstring)."""
+    v = np.asarray(values, dtype=np.float64)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, None, mean, None
+    s2 = float(v.var(ddof=1))
+    return mean + s2 / 2, math.sqrt(s2 / len(v) + s2 * s2 / (2 * (len(v) - 1))), mean, math.sqrt(s2)
+
+
+def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSettings | None = None, *, seed: int = 0,
+                 map_fn: MapFn | None = None) -> NestedResult:
+    """ln P(f) of the finite network of ``spec`` for ``labels`` (M,) on its input set.
+
+    Replicas run as ``map_fn(task, range(R))`` (e.g. ``functools.partial(volume.jobs.ray_map,
+    address=...)``) or in this process; the result is the same."""
+    settings = settings or NestedSettings()
+    t0 = time.perf_counter()
+    inputs = load_inputs(spec.inputs)
+    labels = np.asarray(labels)
+    margin = Margin(spec, inputs, labels, settings.batch)
+    n_active = len(margin.active)
+    common = dict(settings=asdict(settings), n_active_inputs=n_active, n_fixed_inputs=len(labels) - n_active,
+                  n_params=margin.dim)
+    if margin.impossible is not None or n_active == 0:
+        # f is impossible (-inf), or every input is fixed by the prior and f agrees (P = 1): exact.
+        exact = -math.inf if margin.impossible is not None else 0.0
+        reason = margin.impossible or "every input's output is fixed by the prior and f agrees with it: P(f) = 1"
+        return NestedResult(log_p=exact, stderr=0.0, converged=True, reason=reason, replicas=[],
+                            mean_replica=None, replica_sd=None, levels_mean=0.0, evaluations=0, shrink_mean=0.0,
+                            stuck_fraction=0.0, seconds=time.perf_counter() - t0, **common)
+    task = ReplicaTask(spec, labels, settings, seed)
+    items = list(range(settings.replicas))
+    results: list[ReplicaResult] = map_fn(task, items) if map_fn is not None else [task(r) for r in items]
+    values = [r.log_p for r in results]
+    bad = [r for r in results if not r.converged]
+    steps = [r.shrink_mean for r in results]
+    diag = dict(levels_mean=float(np.mean([r.levels for r in results])), evaluations=sum(r.evaluations for r in results),
+                shrink_mean=float(np.mean(steps)), stuck_fraction=float(np.mean([r.stuck_fraction for r in results])),
+                seconds=time.perf_counter() - t0)
+    if bad:
+        upper = max(values)
+        return NestedResult(log_p=upper, stderr=None, converged=False,
+                            reason=f"{len(bad)} of {len(results)} replicas did not reach f: {bad[0].reason}",
+                            replicas=values, mean_replica=None, replica_sd=None, **diag, **common)
+    log_p, se, mean, sd = combine_replicas(values)
+    return NestedResult(log_p=log_p, stderr=se, converged=True, reason=None, replicas=values, mean_replica=mean,
+                        replica_sd=sd, **diag, **common)
+
+
+__all__ = ["work_bound", "macs_per_evaluation", "NestedSettings", "NestedResult", "Margin", "nested_log_p", "subset_simulation", "combine_replicas",
+           "ReplicaTask", "NestedError"]
