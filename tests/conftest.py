@@ -93,6 +93,19 @@ def boolean_spec():
                           inputs=BooleanCube(n=3), seed=1, block_size=512, name="tiny")
 
 
+def tiny_tables(tmp_path: Path, spec) -> tuple[Path, np.ndarray]:
+    """A directory ``tmp_path/tables`` holding the table 'tiny' (blocks 0 and 1 of ``spec``) for
+    the service tests, and the labels of every draw in it."""
+    from volume.sampler import Sampler
+    from volume.table import FrequencyTable
+
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    labels = np.concatenate([Sampler(spec).labels(b) for b in (0, 1)])
+    FrequencyTable.from_labels(spec, labels, [0, 1]).save(tables / "tiny.h5")
+    return tables, labels
+
+
 @pytest.fixture(params=["auto", "torch"], ids=["compiled", "torch"])
 def both_backends(request, monkeypatch):
     """Run a test with the default backend ('auto': the compiled kernel where it applies) and

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import tiny_tables
 from volume.keys import labels_to_hex
 from volume.runner import run_local
-from volume.sampler import Sampler
 from volume.service import Limits, LocalJobs, VolumeAPI, build_app, token_digest
-from volume.table import FrequencyTable
 
 TOKEN = "s3cret-token"
 REPO = Path(__file__).resolve().parents[1]
@@ -26,10 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def served(tmp_path, boolean_spec):
     """A table 'tiny' of two blocks and the text of every draw, counted with a Counter."""
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    labels = np.concatenate([Sampler(boolean_spec).labels(b) for b in (0, 1)])
-    FrequencyTable.from_labels(boolean_spec, labels, [0, 1]).save(tables / "tiny.h5")
+    tables, labels = tiny_tables(tmp_path, boolean_spec)
     counts = Counter("".join(map(str, row)) for row in labels)
     api = VolumeAPI(tables, jobs=LocalJobs(checkpoint_seconds=0.0), token_sha256=token_digest(TOKEN),
                     limits=Limits(max_functions=64, max_body_bytes=20_000, max_top=100), data_dir=tmp_path / "data")

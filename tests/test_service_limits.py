@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from conftest import tiny_tables
 from volume.errors import VolumeError
 from volume.limits import LimitExceeded, Limits, check_job, job_cost
 from volume.parsing import check_indices, parse_indices
 from volume.runner import JobCancelled, run_local
-from volume.sampler import Sampler
 from volume.service import ApiError, LocalJobs, VolumeAPI, WorkBudget, build_app, token_digest
 from volume.spec import CNN, FCN, BooleanCube, ExperimentSpec, ImageSubset, Prior
 from volume.table import FrequencyTable
@@ -38,10 +38,7 @@ def _empty_runner(spec, n, path, *, on_block, checkpoint_seconds, stop, max_retr
 
 @pytest.fixture
 def served(tmp_path, boolean_spec):
-    tables = tmp_path / "tables"
-    tables.mkdir()
-    labels = np.concatenate([Sampler(boolean_spec).labels(b) for b in (0, 1)])
-    FrequencyTable.from_labels(boolean_spec, labels, [0, 1]).save(tables / "tiny.h5")
+    tables, labels = tiny_tables(tmp_path, boolean_spec)
     api = VolumeAPI(tables, jobs=LocalJobs(_empty_runner), token_sha256=token_digest(TOKEN),
                     limits=Limits(max_body_bytes=200_000), data_dir=tmp_path / "data")
     return TestClient(build_app(api)), tables, api

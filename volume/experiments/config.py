@@ -57,6 +57,16 @@ def _build(path: str, cls, d: Any):
         raise VolumeError(f"experiment config section '{path}': {e}") from None
 
 
+def check_fields(d: dict, allowed, where: str = "experiment config", required=()) -> None:
+    """A one-line error naming any field of ``d`` outside ``allowed`` or any ``required`` one missing."""
+    unknown = set(d) - set(allowed)
+    if unknown:
+        raise VolumeError(f"unknown field(s) {sorted(unknown)} in {where}: allowed are {', '.join(sorted(allowed))}")
+    for req in required:
+        if req not in d:
+            raise VolumeError(f"{where}: field '{req}' is required")
+
+
 def _positive(path: str, v: Any, integer: bool = True) -> None:
     if integer:
         positive_int(v, f"experiment config field '{path}'")
@@ -73,6 +83,18 @@ def read_toml(path: str | Path, example: str) -> tuple[dict, Path]:
         return tomllib.loads(p.read_text()), p.resolve().parent
     except tomllib.TOMLDecodeError as e:
         raise VolumeError(f"experiment config {str(p)!r} is not valid TOML: {e}") from None
+
+
+class TomlConfig:
+    """``load(path)``: an experiment config from its TOML file, relative paths taken from the
+    file's directory (``read_toml``; ``EXAMPLE`` names example configs in its errors)."""
+
+    EXAMPLE = "examples/"
+
+    @classmethod
+    def load(cls, path: str | Path):
+        d, base = read_toml(path, cls.EXAMPLE)
+        return cls.from_dict(d, base=base)
 
 
 def load_spec(path: str, d: Any, base: Path) -> ExperimentSpec:
@@ -184,7 +206,9 @@ class System:
 
 
 @dataclass(frozen=True)
-class FlatnessConfig:
+class FlatnessConfig(TomlConfig):
+    EXAMPLE = "examples/flatness*.toml"
+
     name: str
     threads: int = 1  # torch threads while running: small networks are latency-bound
     measures: Measures = field(default_factory=Measures)
@@ -193,17 +217,10 @@ class FlatnessConfig:
     pool_losses: bool = False  # also correlate CE and MSE minima together, labelled 'ce+mse'
     source: dict = field(default_factory=dict, compare=False)  # the config as read, for reports
 
-    @classmethod
-    def load(cls, path: str | Path) -> "FlatnessConfig":
-        d, base = read_toml(path, "examples/flatness*.toml")
-        return cls.from_dict(d, base=base)
 
     @classmethod
     def from_dict(cls, d: dict, base: Path = Path(".")) -> "FlatnessConfig":
-        unknown = set(d) - {"name", "threads", "measures", "rescale", "systems", "pool_losses"}
-        if unknown:
-            raise VolumeError(f"unknown experiment config field(s) {sorted(unknown)}: "
-                              "allowed are name, threads, measures, rescale, systems, pool_losses")
+        check_fields(d, {"name", "threads", "measures", "rescale", "systems", "pool_losses"})
         if not isinstance(d.get("pool_losses", False), bool):
             raise _err("pool_losses", d["pool_losses"], "true or false")
         _positive("threads", d.get("threads", 1))

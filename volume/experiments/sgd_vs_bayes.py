@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from volume.errors import VolumeError
-from volume.experiments.config import Run, _err, _positive, load_spec, read_toml
+from volume.experiments.config import Run, TomlConfig, _err, _positive, check_fields, load_spec
 from volume.experiments.flatness_vs_volume import split_indices
 from volume.experiments.output import markdown_table, write_csv, write_json, write_report
 from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_subset, log_count_se, make_volume_fn
@@ -54,7 +54,9 @@ FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks",
 
 
 @dataclass(frozen=True)
-class SgdBayesConfig:
+class SgdBayesConfig(TomlConfig):
+    EXAMPLE = "examples/sgd_vs_bayes*.toml"
+
     name: str
     spec: ExperimentSpec
     target: str
@@ -74,19 +76,10 @@ class SgdBayesConfig:
     def trainings(self) -> int:
         return self.run.repeats
 
-    @classmethod
-    def load(cls, path: str | Path) -> "SgdBayesConfig":
-        d, base = read_toml(path, "examples/sgd_vs_bayes*.toml")
-        return cls.from_dict(d, base=base)
 
     @classmethod
     def from_dict(cls, d: dict, base: Path = Path(".")) -> "SgdBayesConfig":
-        unknown = set(d) - set(FIELDS)
-        if unknown:
-            raise VolumeError(f"unknown experiment config field(s) {sorted(unknown)}: allowed are {', '.join(FIELDS)}")
-        for req in ("spec", "target", "train_sizes", "training"):
-            if req not in d:
-                raise _err(req, None, "is required")
+        check_fields(d, FIELDS, required=("spec", "target", "train_sizes", "training"))
         spec = load_spec("spec", d["spec"], base)
         sizes = d["train_sizes"]
         if (not isinstance(sizes, list) or not sizes or len(set(sizes)) != len(sizes)
