@@ -21,7 +21,7 @@ the argument and what to give instead.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -79,7 +79,11 @@ def output_path(path: Any, what: str = "output file") -> Path:
 
 def json_safe(x: Any) -> Any:
     """Nested dicts/lists/tuples/arrays of results as plain JSON data: numpy to Python,
-    non-finite floats to None."""
+    paths to text, non-finite floats to None (the project's one NaN-to-JSON conversion).
+
+    >>> json_safe({"a": float("nan"), "b": [1.5, float("inf")], "c": np.int64(3)})
+    {'a': None, 'b': [1.5, None], 'c': 3}
+    """
     if isinstance(x, dict):
         return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -90,4 +94,6 @@ def json_safe(x: Any) -> Any:
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
         return None
+    if isinstance(x, PurePath):
+        return str(x)
     return x

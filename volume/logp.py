@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from volume.checks import json_safe
 from volume.errors import VolumeError
 from volume.spec import ExperimentSpec
 
@@ -58,28 +59,13 @@ class LogP:
 
     def to_dict(self) -> dict:
         """Strict JSON: non-finite numbers become null (``reason`` then says why)."""
-        d = {"method": self.method, "log_p": _finite(self.log_p), "log10_p": _finite(self.log10_p),
-             "stderr": _finite(self.stderr), "upper_bound": self.upper_bound,
-             "interval": None if self.interval is None else [_finite(v) for v in self.interval],
-             "impossible": self.log_p == -math.inf, "reason": self.reason, "function": self.function,
-             "n_inputs": self.n_inputs, "diagnostics": _strict(self.diagnostics)}
+        d = json_safe({"method": self.method, "log_p": self.log_p, "log10_p": self.log10_p,
+                       "stderr": self.stderr, "upper_bound": self.upper_bound, "interval": self.interval,
+                       "impossible": self.log_p == -math.inf, "reason": self.reason, "function": self.function,
+                       "n_inputs": self.n_inputs, "diagnostics": self.diagnostics})
         if self.log_p == -math.inf and not self.reason:
             d["reason"] = "P(f) = 0"
         return d
-
-
-def _finite(v: Any) -> Any:
-    return v if v is None or not isinstance(v, float) or math.isfinite(v) else None
-
-
-def _strict(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    return _finite(x)
 
 
 def resolve_function(spec: ExperimentSpec, function: Any, inputs=None, *, allow_file: bool = False) -> np.ndarray:

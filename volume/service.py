@@ -95,11 +95,6 @@ def token_digest(token: str | None) -> str | None:
     return None if not token else hashlib.sha256(token.encode()).hexdigest()
 
 
-def _plain(x: Any) -> Any:
-    """JSON-able copy (``volume.checks.json_safe``)."""
-    return json_safe(x)
-
-
 def _safe_text(x: Any, limit: int = 300) -> str:
     """A short printable form of anything (an error handler must not fail on it)."""
     try:
@@ -467,7 +462,7 @@ class VolumeAPI:
                                     f"0..{t.classes - 1}")
             labels = np.asarray(labels, dtype=np.int64)
         res = posterior(t, idx, labels, target, confidence=req.confidence, delta=req.delta, top=req.top)
-        return _plain(res.to_dict())
+        return json_safe(res.to_dict())
 
     def top(self, name: str, k: int, confidence: float) -> list[dict]:
         cap("k", k, self.limits.max_top)
@@ -550,7 +545,7 @@ class VolumeAPI:
 
         labels = resolve_labels(req.labels if isinstance(req.labels, str) else np.asarray(req.labels),
                                 load_inputs(spec.inputs))
-        return _plain(log_prior(spec, labels, method=req.method, samples=req.samples, seed=req.seed,
+        return json_safe(log_prior(spec, labels, method=req.method, samples=req.samples, seed=req.seed,
                                 likelihood=req.likelihood, kernel=req.kernel, kernel_samples=req.kernel_samples).to_dict())
 
 
@@ -576,7 +571,7 @@ class VolumeAPI:
     def _logp(self, spec: ExperimentSpec, table, req: LogPRequest, settings) -> list[dict]:
         from volume.logp import log_p
 
-        return _plain([log_p(spec, f if isinstance(f, str) else np.asarray(f), req.method, table=table, seed=req.seed,
+        return json_safe([log_p(spec, f if isinstance(f, str) else np.asarray(f), req.method, table=table, seed=req.seed,
                              settings=settings).to_dict() for f in req.functions])
 
 

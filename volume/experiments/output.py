@@ -19,6 +19,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from volume.checks import json_safe
+
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
@@ -30,32 +32,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def strict(x: Any) -> Any:
-    """``x`` with every non-finite float replaced by None and numpy/path types made plain.
-
-    >>> strict({"a": float("nan"), "b": [1.5, float("inf")], "c": np.int64(3)})
-    {'a': None, 'b': [1.5, None], 'c': 3}
-    """
-    if isinstance(x, dict):
-        return {str(k): strict(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [strict(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return [strict(v) for v in x.tolist()]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, Path):
-        return str(x)
-    return x
-
-
 def dumps(x: Any) -> str:
-    """Strict JSON text of ``x`` (see :func:`strict`); raises if anything non-finite slips through."""
-    return json.dumps(strict(x), indent=2, allow_nan=False)
+    """Strict JSON text of ``x`` (``volume.checks.json_safe``: non-finite numbers become null);
+    raises if anything non-finite slips through."""
+    return json.dumps(json_safe(x), indent=2, allow_nan=False)
 
 
 def write_json(path: Path, x: Any) -> None:
