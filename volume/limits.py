@@ -187,7 +187,8 @@ def check_job(spec, draws: int, limits: Limits) -> JobCost:
 # ---- the GP endpoint ----------------------------------------------------------------------
 def check_gp(spec, limits: Limits, *, samples: int = 0, kernel: str = "analytic", kernel_samples: int = 0) -> None:
     """Refuse a GP estimate whose kernel, EP or Monte-Carlo draws would cost more than
-    ``limits`` allow: M inputs, L hidden layers, (L + 1) M^2 analytic kernel steps,
+    ``limits`` allow: M inputs, L hidden layers, (L + 1) M^2 S analytic kernel steps (S = 1 for
+    an FCN; a CNN's largest number of pixel-pair moments per pair of inputs),
     ``samples`` x M^2 for the sequential sampler, ``kernel_samples`` x M^2 for an empirical
     kernel."""
     from volume.spec import FCN
@@ -197,8 +198,13 @@ def check_gp(spec, limits: Limits, *, samples: int = 0, kernel: str = "analytic"
     arch = spec.architecture
     depth = len(arch.hidden) if isinstance(arch, FCN) else len(arch.channels) + len(arch.dense)
     cap("hidden layers of the spec", depth, limits.max_gp_depth, "use fewer layers")
-    cap("kernel steps (layers + 1) x inputs^2", (depth + 1) * m * m, limits.max_gp_kernel_steps,
-        "use fewer layers or fewer inputs")
+    moments = 1  # per pair of inputs: a CNN's analytic kernel carries pixel pairs (volume.layers)
+    if kernel == "analytic" and not isinstance(arch, FCN):
+        from volume.layers import layer_shapes, pair_elements
+
+        moments = pair_elements(layer_shapes(spec, input_shape(spec)), input_shape(spec))
+    cap("kernel steps (layers + 1) x inputs^2 x moments per pair", (depth + 1) * m * m * moments,
+        limits.max_gp_kernel_steps, "use fewer layers or fewer inputs")
     cap("samples x inputs^2", samples * m * m, limits.max_gp_sample_work, "use fewer samples or method 'ep'")
     if kernel == "empirical":
         cap("networks x inputs^2 of the empirical kernel", kernel_samples * m * m, limits.max_gp_kernel_work,
