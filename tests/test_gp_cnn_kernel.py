@@ -100,3 +100,28 @@ def test_max_pooling_has_no_analytic_kernel():
         spec_kernel(spec, "analytic", _images(2, 1, 8, 8))
     K, se, meta = spec_kernel(spec, "empirical", _images(2, 1, 8, 8), n_networks=8, block_size=8)
     assert K.shape == (2, 2) and meta["kernel"] == "empirical"
+
+
+def test_cnn_analytic_kernel_through_the_cli_and_logp(mnist_dir, tmp_path, capsys):
+    """`volume gp kernel` (default --kernel analytic) and ln P(f) by 'ep' take a CNN's analytic kernel."""
+    import h5py
+
+    from volume.cli import main
+    from volume.inputs import load_inputs
+    from volume.logp import log_p
+
+    spec = ExperimentSpec(architecture=CNN(channels=(4,), kernel_size=3, pool="avg", dense=(8,)),
+                          prior=Prior(sigma_w=1.2, sigma_b=0.1),
+                          inputs=ImageSubset(dataset="mnist", path=str(mnist_dir), count=6))
+    path, out = tmp_path / "cnn.toml", tmp_path / "K.h5"
+    spec.save(path)
+    assert main(["gp", "kernel", str(path), "-o", str(out)]) == 0
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["K"][...], analytic_kernel(spec, load_inputs(spec.inputs)))
+    res = log_p(spec, "ge5", "ep")
+    assert res.diagnostics["kernel"] == "analytic" and np.isfinite(res.log_p)
+    capsys.readouterr()
+    maxpool = spec.replace(architecture=CNN(channels=(4,), kernel_size=3, pool="max", dense=(8,)))
+    maxpool.save(path)
+    assert main(["gp", "kernel", str(path), "-o", str(tmp_path / "M.h5")]) == 2
+    assert "pool = 'max'" in capsys.readouterr().err

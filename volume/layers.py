@@ -278,8 +278,8 @@ class Conv(Layer):
     # NNGP: moments of pairs are (R, M, nD, H, W) (or (M, nD, H, W) on the diagonal)
     def nngp_unsupported(self) -> str:
         if self.pool == "max":
-            return ("max pooling has no closed-form NNGP kernel (E[max . max] of Gaussians): use "
-                    "architecture.pool = 'avg' or 'none', or the empirical kernel")
+            return ("architecture.pool = 'max': max pooling has no closed-form NNGP kernel (E[max . max] of "
+                    "Gaussians); use pool 'avg' or 'none', or kernel='empirical'")
         return ""
 
     def input_radius(self, radius: int) -> int:

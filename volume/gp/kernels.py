@@ -47,11 +47,12 @@ import torch
 from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
+from volume.limits import input_shape
 from volume.activations import ACTIVATIONS, with_kernel
 from volume.layers import features, nngp_chain, pair_elements, run
 from volume.models import Layer, layer_shapes, scale_params
 from volume.sampler import block_standard
-from volume.spec import CNN, FCN, ExperimentSpec
+from volume.spec import FCN, ExperimentSpec
 
 #: bytes of working memory a kernel computation aims to stay within (besides its result)
 DEFAULT_MEMORY = 256 * 2**20
@@ -83,15 +84,16 @@ def _activation(name: str):
     return act
 
 
-def analytic_unsupported(spec: ExperimentSpec, input_shape: tuple[int, ...] | None = None) -> str:
-    """Why the analytic kernel cannot be computed for ``spec`` (empty string if it can)."""
-    if ACTIVATIONS[spec.architecture.activation].expectation is None:
-        return (f"architecture.activation = {spec.architecture.activation!r} has no closed-form NNGP kernel: "
+def analytic_unsupported(spec: ExperimentSpec) -> str:
+    """Why the analytic kernel cannot be computed for ``spec`` (empty string if it can): the
+    activation's closed form (``volume.activations``) or a layer's step (``volume.layers``)."""
+    name = spec.architecture.activation
+    if ACTIVATIONS[name].expectation is None:
+        return (f"architecture.activation = {name!r} has no closed-form NNGP kernel: "
                 f"use activation {' or '.join(repr(a) for a in with_kernel())}, or kernel='empirical'")
-    if isinstance(spec.architecture, CNN) and spec.architecture.pool == "max":
-        if input_shape is None or any(lyr.nngp_unsupported() for lyr in layer_shapes(spec, input_shape)):
-            return ("architecture.pool = 'max' has no closed-form NNGP kernel (E[max . max] of Gaussians): "
-                    "use pool 'avg' or 'none', or kernel='empirical'")
+    for layer in layer_shapes(spec, input_shape(spec)):
+        if layer.nngp_unsupported():
+            return layer.nngp_unsupported()
     return ""
 
 
@@ -106,7 +108,7 @@ def analytic_kernel(spec: ExperimentSpec, inputs: InputSet | None = None, *,
     rows are computed in blocks of at most ``memory_bytes`` of temporaries.
     """
     inputs = inputs if inputs is not None else load_inputs(spec.inputs)
-    why = analytic_unsupported(spec, inputs.shape)
+    why = analytic_unsupported(spec)
     if why:
         raise KernelError(why)
     act = _activation(spec.architecture.activation)
