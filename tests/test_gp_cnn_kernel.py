@@ -125,3 +125,15 @@ def test_cnn_analytic_kernel_through_the_cli_and_logp(mnist_dir, tmp_path, capsy
     maxpool.save(path)
     assert main(["gp", "kernel", str(path), "-o", str(tmp_path / "M.h5")]) == 2
     assert "pool = 'max'" in capsys.readouterr().err
+
+
+def test_gp_cost_check_counts_pixel_pair_moments():
+    """The service's GP cap counts a CNN kernel's pixel-pair moments, not only layers x inputs^2."""
+    from volume.limits import LimitExceeded, Limits, check_gp
+
+    img = ImageSubset(dataset="mnist", count=100)
+    check_gp(ExperimentSpec(architecture=CNN(channels=(8, 8), pool="none"), inputs=img), Limits())  # pixel diagonal
+    avg = ExperimentSpec(architecture=CNN(channels=(8, 8), pool="avg"), inputs=img)
+    with pytest.raises(LimitExceeded, match="moments per pair"):
+        check_gp(avg, Limits())
+    check_gp(avg, Limits(), kernel="empirical", kernel_samples=64)  # the empirical kernel has its own cap

@@ -204,7 +204,8 @@ def check_gp(spec, limits: Limits, *, samples: int = 0, kernel: str = "analytic"
 
         moments = pair_elements(layer_shapes(spec, input_shape(spec)), input_shape(spec))
     cap("kernel steps (layers + 1) x inputs^2 x moments per pair", (depth + 1) * m * m * moments,
-        limits.max_gp_kernel_steps, "use fewer layers or fewer inputs")
+        limits.max_gp_kernel_steps, "use fewer layers or fewer inputs" + (
+            " (a CNN with pool 'none' carries only the pixel diagonal)" if moments > 1 else ""))
     cap("samples x inputs^2", samples * m * m, limits.max_gp_sample_work, "use fewer samples or method 'ep'")
     if kernel == "empirical":
         cap("networks x inputs^2 of the empirical kernel", kernel_samples * m * m, limits.max_gp_kernel_work,
