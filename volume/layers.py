@@ -48,8 +48,12 @@ What a kind knows:
   and ``permute_in`` (pooling, max or average, commutes with a positive per-channel scale).
 
 Adding a layer kind: a subclass here with these methods, registered in ``KINDS``, and the
-lines of ``volume.models.layer_shapes`` that place it in an architecture. Adding an activation:
-a row of ``volume.activations.ACTIVATIONS``.
+lines of :func:`layer_shapes` that place it in an architecture. Adding an activation: a row of
+``volume.activations.ACTIVATIONS``.
+
+>>> conv = Layer("conv", (8, 1, 3, 3), 9, pool="avg")
+>>> type(conv).__name__, conv.stream_shapes(biased=True), conv.input_radius(0)
+('Conv', [(8, 1, 3, 3), (8,)], 1)
 """
 
 from __future__ import annotations
@@ -94,10 +98,6 @@ class Layer:
     @property
     def n_params(self) -> int:
         return math.prod(self.weight_shape) + self.weight_shape[0]
-
-    @property
-    def units(self) -> int:
-        return self.weight_shape[0]
 
     def stream_shapes(self, biased: bool) -> list[tuple[int, ...]]:
         """Per-draw shapes of the tensors this layer takes from the random stream, in order."""
