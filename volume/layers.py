@@ -99,6 +99,15 @@ class Layer:
     def n_params(self) -> int:
         return math.prod(self.weight_shape) + self.weight_shape[0]
 
+    def positions(self, in_shape: tuple[int, ...]) -> int:
+        """Positions at which the weight is applied per input (dense 1; conv the H x W pixels):
+        the factor of its multiply-adds and activations."""
+        return 1
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one input's activations after this layer (pooling included)."""
+        return (self.weight_shape[0],)
+
     def stream_shapes(self, biased: bool) -> list[tuple[int, ...]]:
         """Per-draw shapes of the tensors this layer takes from the random stream, in order."""
         return [tuple(self.weight_shape)] + ([tuple(self.bias_shape)] if biased else [])
@@ -261,6 +270,13 @@ class Conv(Layer):
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x  # (M, C, H, W)
+
+    def positions(self, in_shape):
+        return in_shape[-2] * in_shape[-1]
+
+    def out_shape(self, in_shape):
+        h, w = in_shape[-2:]
+        return (self.weight_shape[0], h // 2, w // 2) if self.pool != "none" else (self.weight_shape[0], h, w)
 
     def forward(self, h, w, b, act, *, shared, out=None):
         import torch.nn.functional as F
@@ -431,15 +447,22 @@ def nngp_chain(layers: list[Layer], xr: np.ndarray, xc: np.ndarray, act: Activat
     return e, used
 
 
+def walk(layers: list[Layer], input_shape: tuple[int, ...]) -> list[tuple[Layer, tuple[int, ...]]]:
+    """(layer, shape of one input's activations entering it) along the network."""
+    out, shape = [], tuple(input_shape)
+    for layer in layers:
+        out.append((layer, shape))
+        shape = layer.out_shape(shape)
+    return out
+
+
 def pair_elements(layers: list[Layer], input_shape: tuple[int, ...]) -> int:
     """Largest number of moments one pair of inputs holds along the kernel chain (for memory
     budgeting): 1 for dense layers, (2r + 1)^2 H W for a conv layer on H x W pixels."""
     rad = radii(layers)
-    size, hw = 1, tuple(input_shape[1:]) if len(input_shape) == 3 else None
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Conv) and hw is not None:
-            r = min(layer.input_radius(rad[i]), max(hw) - 1)
-            size = max(size, (2 * r + 1) ** 2 * hw[0] * hw[1])
-            if layer.pool != "none":
-                hw = (hw[0] // 2, hw[1] // 2)
+    size = 1
+    for i, (layer, shape) in enumerate(walk(layers, input_shape)):
+        if isinstance(layer, Conv):
+            r = min(layer.input_radius(rad[i]), max(shape[-2:]) - 1)
+            size = max(size, (2 * r + 1) ** 2 * layer.positions(shape))
     return size

@@ -110,31 +110,14 @@ def input_shape(spec) -> tuple[int, ...]:
 
 
 def _layers(spec) -> list[tuple[str, int, int, int]]:
-    """(kind, fan_in, fan_out, positions) per layer: positions = output pixels of a conv
-    layer (1 for dense), the factor of its multiply-adds and activations per input."""
-    from volume.spec import FCN
+    """(kind, fan_in, fan_out, positions) per layer (``volume.layers``, no torch): positions =
+    output pixels of a conv layer (1 for dense), the factor of its multiply-adds and activations
+    per input."""
+    from volume.layers import layer_shapes, walk
 
-    arch, units = spec.architecture, spec.output.units
     shape = input_shape(spec)
-    out: list[tuple[str, int, int, int]] = []
-    if isinstance(arch, FCN):
-        d = math.prod(shape)
-        for w in [*arch.hidden, units]:
-            out.append(("dense", d, w, 1))
-            d = w
-        return out
-    c, h, w = shape
-    k = arch.kernel_size
-    for ch in arch.channels:
-        out.append(("conv", c * k * k, ch, h * w))
-        c = ch
-        if arch.pool != "none" and h >= 2 and w >= 2:
-            h, w = h // 2, w // 2
-    d = c * h * w
-    for wd in [*arch.dense, units]:
-        out.append(("dense", d, wd, 1))
-        d = wd
-    return out
+    return [(layer.kind, layer.fan_in, layer.weight_shape[0], layer.positions(s))
+            for layer, s in walk(layer_shapes(spec, shape), shape)]
 
 
 @dataclass(frozen=True)

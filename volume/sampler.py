@@ -50,6 +50,7 @@ from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
 from volume.keys import pack_labels, unpack_keys
 from volume.layers import run as run_layers
+from volume.layers import walk
 from volume.models import Layer, forward, labels_from_outputs, layer_shapes, scale_params, stream_pairs
 from volume.spec import CNN, FCN, ExperimentSpec
 from volume.stream import block_key, standard_draws
@@ -144,15 +145,7 @@ class DenseStack:
 
 def activation_bytes(layers: list[Layer], input_shape: tuple[int, ...], m: int) -> int:
     """Bytes (float32) of one draw's activations on M inputs plus its parameters."""
-    elems = 0
-    shape = tuple(input_shape)
-    for layer in layers:
-        if layer.kind == "conv":
-            c, h, w = layer.weight_shape[0], shape[-2], shape[-1]
-            elems += c * h * w
-            shape = (c, h // 2, w // 2) if layer.pool != "none" else (c, h, w)
-        else:
-            elems += layer.weight_shape[0]
+    elems = sum(layer.weight_shape[0] * layer.positions(shape) for layer, shape in walk(layers, input_shape))
     return 4 * (elems * m + sum(layer.n_params for layer in layers))
 
 

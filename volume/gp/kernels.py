@@ -49,7 +49,7 @@ from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
 from volume.limits import input_shape
 from volume.activations import ACTIVATIONS, with_kernel
-from volume.layers import features, nngp_chain, pair_elements, run
+from volume.layers import features, nngp_chain, pair_elements, run, walk
 from volume.models import Layer, layer_shapes, scale_params
 from volume.sampler import block_standard
 from volume.spec import FCN, ExperimentSpec
@@ -162,16 +162,8 @@ class _Moments:
 
 def _activation_size(layers: list[Layer], input_shape: tuple[int, ...]) -> int:
     """Largest number of activations one network holds per input (for memory budgeting)."""
-    size = math.prod(input_shape)
-    spatial = math.prod(input_shape[1:]) if len(input_shape) == 3 else 1
-    for layer in layers:
-        if layer.kind == "conv":  # 'same' padding keeps the spatial size until the pooling
-            size = max(size, layer.weight_shape[0] * spatial)
-            if layer.pool != "none":
-                spatial = max(1, spatial // 4)
-        else:
-            size = max(size, layer.weight_shape[0])
-    return size
+    return max([math.prod(input_shape)] + [layer.weight_shape[0] * layer.positions(shape)
+                                           for layer, shape in walk(layers, input_shape)])
 
 
 def _hidden_features(spec: ExperimentSpec, hidden: list[Layer], params: dict[str, torch.Tensor],
