@@ -36,7 +36,8 @@ from volume.layers import Layer, layer_shapes
 from volume.spec import ExperimentSpec
 
 __all__ = ["Layer", "layer_shapes", "param_names", "n_params", "UNIT", "stream_tensors", "draw_standard",
-           "draw_params", "scale_params", "forward", "labels_from_outputs", "Network", "build_network"]
+           "draw_params", "scale_params", "stream_pairs", "forward", "labels_from_outputs", "Network",
+           "build_network"]
 
 
 def param_names(layers: list[Layer]) -> list[str]:
