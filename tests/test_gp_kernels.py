@@ -87,6 +87,8 @@ def test_cnn_empirical_kernel_matches_closed_form(mnist_dir):
     ek = empirical_kernel(spec, inputs, n_networks=512, block_size=128)
     assert np.abs(_zscores(ek, K)).max() < 5.0
     assert np.abs(ek.K - K).max() < 0.05 * K.max()
+    # the analytic CNN kernel (volume.layers' conv step) agrees with this closed form
+    np.testing.assert_allclose(analytic_kernel(spec, inputs), K, rtol=1e-9, atol=1e-12)
 
 
 def test_blocking_map_fn_and_determinism():

@@ -110,31 +110,14 @@ def input_shape(spec) -> tuple[int, ...]:
 
 
 def _layers(spec) -> list[tuple[str, int, int, int]]:
-    """(kind, fan_in, fan_out, positions) per layer: positions = output pixels of a conv
-    layer (1 for dense), the factor of its multiply-adds and activations per input."""
-    from volume.spec import FCN
+    """(kind, fan_in, fan_out, positions) per layer (``volume.layers``, no torch): positions =
+    output pixels of a conv layer (1 for dense), the factor of its multiply-adds and activations
+    per input."""
+    from volume.layers import layer_shapes, walk
 
-    arch, units = spec.architecture, spec.output.units
     shape = input_shape(spec)
-    out: list[tuple[str, int, int, int]] = []
-    if isinstance(arch, FCN):
-        d = math.prod(shape)
-        for w in [*arch.hidden, units]:
-            out.append(("dense", d, w, 1))
-            d = w
-        return out
-    c, h, w = shape
-    k = arch.kernel_size
-    for ch in arch.channels:
-        out.append(("conv", c * k * k, ch, h * w))
-        c = ch
-        if arch.pool != "none" and h >= 2 and w >= 2:
-            h, w = h // 2, w // 2
-    d = c * h * w
-    for wd in [*arch.dense, units]:
-        out.append(("dense", d, wd, 1))
-        d = wd
-    return out
+    return [(layer.kind, layer.fan_in, layer.weight_shape[0], layer.positions(s))
+            for layer, s in walk(layer_shapes(spec, shape), shape)]
 
 
 @dataclass(frozen=True)
@@ -187,7 +170,8 @@ def check_job(spec, draws: int, limits: Limits) -> JobCost:
 # ---- the GP endpoint ----------------------------------------------------------------------
 def check_gp(spec, limits: Limits, *, samples: int = 0, kernel: str = "analytic", kernel_samples: int = 0) -> None:
     """Refuse a GP estimate whose kernel, EP or Monte-Carlo draws would cost more than
-    ``limits`` allow: M inputs, L hidden layers, (L + 1) M^2 analytic kernel steps,
+    ``limits`` allow: M inputs, L hidden layers, (L + 1) M^2 S analytic kernel steps (S = 1 for
+    an FCN; a CNN's largest number of pixel-pair moments per pair of inputs),
     ``samples`` x M^2 for the sequential sampler, ``kernel_samples`` x M^2 for an empirical
     kernel."""
     from volume.spec import FCN
@@ -197,8 +181,14 @@ def check_gp(spec, limits: Limits, *, samples: int = 0, kernel: str = "analytic"
     arch = spec.architecture
     depth = len(arch.hidden) if isinstance(arch, FCN) else len(arch.channels) + len(arch.dense)
     cap("hidden layers of the spec", depth, limits.max_gp_depth, "use fewer layers")
-    cap("kernel steps (layers + 1) x inputs^2", (depth + 1) * m * m, limits.max_gp_kernel_steps,
-        "use fewer layers or fewer inputs")
+    moments = 1  # per pair of inputs: a CNN's analytic kernel carries pixel pairs (volume.layers)
+    if kernel == "analytic" and not isinstance(arch, FCN):
+        from volume.layers import layer_shapes, pair_elements
+
+        moments = pair_elements(layer_shapes(spec, input_shape(spec)), input_shape(spec))
+    cap("kernel steps (layers + 1) x inputs^2 x moments per pair", (depth + 1) * m * m * moments,
+        limits.max_gp_kernel_steps, "use fewer layers or fewer inputs" + (
+            " (a CNN with pool 'none' carries only the pixel diagonal)" if moments > 1 else ""))
     cap("samples x inputs^2", samples * m * m, limits.max_gp_sample_work, "use fewer samples or method 'ep'")
     if kernel == "empirical":
         cap("networks x inputs^2 of the empirical kernel", kernel_samples * m * m, limits.max_gp_kernel_work,

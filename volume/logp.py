@@ -115,11 +115,10 @@ def _gp_log_p(spec: ExperimentSpec, labels: np.ndarray, method: str) -> LogP:
     if spec.output.kind != "threshold":
         raise VolumeError(f"method {method!r} (the GP estimate) needs a threshold output; "
                           "use method 'nested' for argmax outputs")
-    from volume.spec import FCN
+    from volume.gp.kernels import analytic_unsupported
 
-    # the analytic NNGP kernel where there is one (FCN, relu/erf), else the empirical kernel
-    analytic = isinstance(spec.architecture, FCN) and spec.architecture.activation in ("relu", "erf")
-    kw: dict = {} if analytic else {"kernel": "empirical"}
+    # the analytic NNGP kernel where there is one (FCN or CNN without max pooling, relu/erf), else the empirical kernel
+    kw: dict = {} if not analytic_unsupported(spec) else {"kernel": "empirical"}
     res = log_prior(spec, labels, importance_samples=0, **kw) if method == "ep" else log_prior(spec, labels, **kw)
     d = res.to_dict()
     stderr = getattr(res, "stderr", None)

@@ -1,13 +1,16 @@
 """Architectures as stacked parameter draws, their batched forward, and single-network modules.
 
-A network is a list of layers, each with a weight and a bias (``layer_shapes``).
+A network is a list of layer objects (``layer_shapes``; each kind's shapes, draw order,
+forward, NNGP kernel step and rescaling rule live in :mod:`volume.layers`).
 FCN: dense layers; weight (out, in), fan_in = in. CNN: conv layers, weight
 (C_out, C_in, k, k), fan_in = C_in k^2, 'same' padding, activation, optional 2x2 pooling;
 then dense layers. The last layer has ``spec.output.units`` outputs and no activation.
 
 ``forward(spec, params, x)`` evaluates B networks at once: every tensor in ``params`` has a
 leading draw dimension B, and there is no Python loop over draws (dense layers are one
-batched matmul; conv layers are one grouped convolution with groups = B).
+batched matmul; conv layers are one grouped convolution with groups = B); it is the same
+code (:func:`volume.layers.run`) the sampler, training, flatness measures and the nested
+estimator run.
 
 The standard (unit-variance) draws of a network are scaled by sigma_w / sqrt(fan_in) and
 sigma_b (:func:`scale_params`). Tables (the sampler, optimizer tables, the empirical kernel)
@@ -24,60 +27,17 @@ Hessians); its forward is the batched forward with B = 1, so the two always agre
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from volume import layers as _layers
 from volume.activations import ACTIVATIONS
-from volume.spec import CNN, FCN, ExperimentSpec
+from volume.layers import Layer, layer_shapes
+from volume.spec import ExperimentSpec
 
-
-
-@dataclass(frozen=True)
-class Layer:
-    kind: str  # "dense" | "conv"
-    weight_shape: tuple[int, ...]
-    fan_in: int
-    pool: str = "none"  # after the activation, conv layers only
-    last: bool = False
-
-    @property
-    def bias_shape(self) -> tuple[int, ...]:
-        return (self.weight_shape[0],)
-
-    @property
-    def n_params(self) -> int:
-        return math.prod(self.weight_shape) + self.weight_shape[0]
-
-
-def layer_shapes(spec: ExperimentSpec, input_shape: tuple[int, ...]) -> list[Layer]:
-    """The layers of ``spec.architecture`` on inputs of ``input_shape``."""
-    arch = spec.architecture
-    units = spec.output.units
-    layers: list[Layer] = []
-    if isinstance(arch, FCN):
-        d = math.prod(input_shape)
-        widths = list(arch.hidden) + [units]
-        for i, w in enumerate(widths):
-            layers.append(Layer("dense", (w, d), d, last=i == len(widths) - 1))
-            d = w
-        return layers
-    assert isinstance(arch, CNN)
-    c, h, w = input_shape
-    k = arch.kernel_size
-    for ch in arch.channels:
-        pool = arch.pool if (arch.pool != "none" and h >= 2 and w >= 2) else "none"
-        layers.append(Layer("conv", (ch, c, k, k), c * k * k, pool=pool))
-        c = ch
-        if pool != "none":
-            h, w = h // 2, w // 2
-    d = c * h * w
-    widths = list(arch.dense) + [units]
-    for i, wd in enumerate(widths):
-        layers.append(Layer("dense", (wd, d), d, last=i == len(widths) - 1))
-        d = wd
-    return layers
+__all__ = ["Layer", "layer_shapes", "param_names", "n_params", "UNIT", "stream_tensors", "draw_standard",
+           "draw_params", "scale_params", "stream_pairs", "forward", "labels_from_outputs", "Network",
+           "build_network"]
 
 
 def param_names(layers: list[Layer]) -> list[str]:
@@ -104,12 +64,8 @@ def stream_tensors(spec: ExperimentSpec, layers: list[Layer], batch: int,
                    dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
     """Empty buffers for ``batch`` draws, in stream order: weight0 (batch, *shape), bias0
     (batch, out) [only if sigma_b > 0], weight1, ... (see :func:`draw_standard`)."""
-    out: list[torch.Tensor] = []
-    for layer in layers:
-        out.append(torch.empty(batch, *layer.weight_shape, dtype=dtype))
-        if spec.prior.sigma_b > 0:
-            out.append(torch.empty(batch, *layer.bias_shape, dtype=dtype))
-    return out
+    biased = spec.prior.sigma_b > 0
+    return [torch.empty(batch, *shape, dtype=dtype) for layer in layers for shape in layer.stream_shapes(biased)]
 
 
 def fill_unit_(spec: ExperimentSpec, tensors: list[torch.Tensor], lo: int, hi: int,
@@ -145,16 +101,17 @@ def scale_params(spec: ExperimentSpec, layers: list[Layer], tensors: list[torch.
     """Stream-order standard draws -> the named parameters of the prior (new tensors):
     weight_i * sigma_w / sqrt(fan_in_i), bias_i * sigma_b (zeros when sigma_b == 0)."""
     prior = spec.prior
-    it = iter(tensors)
     out: dict[str, torch.Tensor] = {}
-    for i, layer in enumerate(layers):
-        w = next(it)
-        out[f"weight{i}"] = w * (prior.sigma_w / math.sqrt(layer.fan_in))
-        if prior.sigma_b > 0:
-            out[f"bias{i}"] = next(it) * prior.sigma_b
-        else:
-            out[f"bias{i}"] = w.new_zeros(w.shape[0], *layer.bias_shape)
+    for i, (layer, (w, b)) in enumerate(zip(layers, stream_pairs(spec, tensors))):
+        out[f"weight{i}"], out[f"bias{i}"] = layer.scale(w, b, prior.sigma_w, prior.sigma_b)
     return out
+
+
+def stream_pairs(spec: ExperimentSpec, tensors: list[torch.Tensor]):
+    """Stream-order tensors -> (weight, bias or None) per layer (the bias is not drawn when sigma_b = 0)."""
+    it = iter(tensors)
+    for w in it:
+        yield w, (next(it) if spec.prior.sigma_b > 0 else None)
 
 
 def draw_params(spec: ExperimentSpec, layers: list[Layer], batch: int, generator: torch.Generator,
@@ -169,37 +126,11 @@ def draw_params(spec: ExperimentSpec, layers: list[Layer], batch: int, generator
 
 
 def forward(spec: ExperimentSpec, layers: list[Layer], params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Outputs (B, M, units) of B stacked networks on inputs x (M, *input_shape)."""
-    act = ACTIVATIONS[spec.architecture.activation].fn()
-    batch = params["weight0"].shape[0]
-    m = x.shape[0]
-    h: torch.Tensor | None = None  # dense: (B, M, d); conv: (M, B*C, H, W)
-    conv_done = False
-    for i, layer in enumerate(layers):
-        w, b = params[f"weight{i}"], params[f"bias{i}"]
-        if layer.kind == "conv":
-            co = layer.weight_shape[0]
-            inp = x if h is None else h
-            groups = 1 if h is None else batch
-            h = F.conv2d(inp, w.reshape(batch * co, *layer.weight_shape[1:]), b.reshape(batch * co),
-                         padding=layer.weight_shape[-1] // 2, groups=groups)
-            h = act(h)
-            if layer.pool == "max":
-                h = F.max_pool2d(h, 2)
-            elif layer.pool == "avg":
-                h = F.avg_pool2d(h, 2)
-            continue
-        if layer.kind == "dense" and h is not None and h.dim() == 4 and not conv_done:
-            h = h.reshape(m, batch, -1).transpose(0, 1)  # (B, M, C*H*W), channel-major like flatten
-            conv_done = True
-        if h is None:
-            z = torch.matmul(x.reshape(m, -1), w.transpose(1, 2))  # (B, M, out)
-        else:
-            z = torch.bmm(h, w.transpose(1, 2))
-        z = z + b[:, None, :]
-        h = z if layer.last else act(z)
-    assert h is not None
-    return h
+    """Outputs (B, M, units) of B stacked networks on inputs x (M, *input_shape): the layers'
+    own batched forwards (:func:`volume.layers.run`; the sampler runs the same code)."""
+    act = ACTIVATIONS[spec.architecture.activation]
+    pairs = ((params[f"weight{i}"], params[f"bias{i}"]) for i in range(len(layers)))
+    return _layers.features(_layers.run(layers, pairs, x, act), params["weight0"].shape[0])
 
 
 def labels_from_outputs(spec: ExperimentSpec, z: torch.Tensor) -> torch.Tensor:

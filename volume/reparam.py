@@ -22,7 +22,10 @@ Every function returns new tensors; the caller's dict and tensors are never modi
   max_t E(t) - max(E(0), E(1)) (>= 0).
 
 All of this needs a positively homogeneous activation (ReLU; max- or average-pooling
-keeps the homogeneity), otherwise a VolumeError says so.
+keeps the homogeneity), otherwise a VolumeError says so. Which parameters a unit's scale or
+position touches is each layer kind's rescaling rule (``volume.layers``: ``rescale_out`` /
+``rescale_in``, ``permute_out`` / ``permute_in``; a dense layer after a conv layer reads its
+units' C*H*W flattened features channel-major).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from scipy.optimize import linear_sum_assignment
 
 from volume.activations import ACTIVATIONS
 from volume.errors import VolumeError
+from volume.layers import of_weight
 from volume.spec import ExperimentSpec
 
 Params = dict[str, torch.Tensor]
@@ -67,33 +71,30 @@ def _check_hidden(params: Params, layer: int) -> int:
     return n
 
 
-def _out_index(w_next: torch.Tensor, units: int) -> tuple[int, int]:
-    """How the units of a layer appear in the next weight's input dim: (units, repeat)."""
-    repeat = w_next.shape[1] // units
-    if repeat * units != w_next.shape[1]:
-        raise VolumeError(f"next layer has {w_next.shape[1]} inputs, not a multiple of {units} units")
-    return units, repeat
+def _layer(p: Params, layer: int):
+    """The layer object (volume.layers) of weight ``layer``: its rescaling rule."""
+    try:
+        return of_weight(p[f"weight{layer}"], layer)
+    except ValueError as e:
+        raise VolumeError(str(e)) from None
 
 
 def _scale_units(p: Params, layer: int, s: torch.Tensor) -> None:
     """In place on the copy p: unit u of ``layer`` gets incoming * s[u], outgoing / s[u]."""
-    w, w_next = p[f"weight{layer}"], p[f"weight{layer + 1}"]
-    view = (-1,) + (1,) * (w.dim() - 1)
-    p[f"weight{layer}"] = w * s.reshape(view)
-    p[f"bias{layer}"] = p[f"bias{layer}"] * s
-    units, repeat = _out_index(w_next, w.shape[0])
-    cols = s.repeat_interleave(repeat)  # conv -> dense: channel-major flatten
-    p[f"weight{layer + 1}"] = w_next / cols.reshape((1, -1) + (1,) * (w_next.dim() - 2))
+    p[f"weight{layer}"], p[f"bias{layer}"] = _layer(p, layer).rescale_out(p[f"weight{layer}"], p[f"bias{layer}"], s)
+    try:
+        p[f"weight{layer + 1}"] = _layer(p, layer + 1).rescale_in(p[f"weight{layer + 1}"], s)
+    except ValueError as e:
+        raise VolumeError(str(e)) from None
 
 
 def _permute_units(p: Params, layer: int, perm: torch.Tensor) -> None:
     """In place on the copy p: unit u of ``layer`` becomes old unit perm[u]."""
-    w, w_next = p[f"weight{layer}"], p[f"weight{layer + 1}"]
-    p[f"weight{layer}"] = w[perm]
-    p[f"bias{layer}"] = p[f"bias{layer}"][perm]
-    units, repeat = _out_index(w_next, w.shape[0])
-    cols = (perm[:, None] * repeat + torch.arange(repeat)[None]).reshape(-1)
-    p[f"weight{layer + 1}"] = w_next[:, cols]
+    p[f"weight{layer}"], p[f"bias{layer}"] = _layer(p, layer).permute_out(p[f"weight{layer}"], p[f"bias{layer}"], perm)
+    try:
+        p[f"weight{layer + 1}"] = _layer(p, layer + 1).permute_in(p[f"weight{layer + 1}"], perm)
+    except ValueError as e:
+        raise VolumeError(str(e)) from None
 
 
 def alpha_rescale(spec: ExperimentSpec, params: Params, layer: int, alpha) -> Params:

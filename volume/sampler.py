@@ -16,9 +16,11 @@ Two backends compute a block's keys (``Sampler(backend=...)``; the environment v
   integer arithmetic (:func:`block_standard`), sub-batches small enough for the activations
   to stay in cache, evaluated either by the general path (scale with
   :func:`volume.models.scale_params`, run :func:`volume.models.forward`) or, for FCNs, the
-  dense path (:class:`DenseStack`): activations kept as (draws, units, M), the first layer
-  one matrix product W0 (n*h, d) @ X^T (d, M) for the whole sub-batch, later layers one
-  batched product, biases through ``addmm``/``baddbmm``, activations in place. For ReLU with
+  dense path (:class:`DenseStack`): the same layer forwards (:mod:`volume.layers`:
+  activations kept as (draws, units, M), the first layer one matrix product
+  W0 (n*h, d) @ X^T (d, M) for the whole sub-batch, later layers one batched product, biases
+  through ``addmm``/``baddbmm``) writing into buffers reused between sub-batches, activations
+  in place, parameters scaled in place. For ReLU with
   sigma_b = 0 the weights are not scaled: relu(c z) = c relu(z) for c > 0, so the output is
   the scaled network's times a positive constant and the labels (sign or argmax) are the same.
 * ``auto`` (default): ``compiled`` where it applies and is built, else ``torch`` (with a
@@ -47,7 +49,9 @@ from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
 from volume.keys import pack_labels, unpack_keys
-from volume.models import Layer, forward, labels_from_outputs, layer_shapes, scale_params
+from volume.layers import run as run_layers
+from volume.layers import walk
+from volume.models import Layer, forward, labels_from_outputs, layer_shapes, scale_params, stream_pairs
 from volume.spec import CNN, FCN, ExperimentSpec
 from volume.stream import block_key, standard_draws
 
@@ -70,12 +74,7 @@ class BackendError(VolumeError, ValueError):
 
 def stream_sizes(spec: ExperimentSpec, layers: list[Layer]) -> list[tuple[int, ...]]:
     """Shapes (per draw) of the stream-order tensors: weight0, bias0 (if sigma_b > 0), weight1, ..."""
-    shapes: list[tuple[int, ...]] = []
-    for layer in layers:
-        shapes.append(tuple(layer.weight_shape))
-        if spec.prior.sigma_b > 0:
-            shapes.append(tuple(layer.bias_shape))
-    return shapes
+    return [shape for layer in layers for shape in layer.stream_shapes(spec.prior.sigma_b > 0)]
 
 
 def block_standard(spec: ExperimentSpec, layers: list[Layer], block: int, start: int, stop: int, *,
@@ -116,49 +115,28 @@ class DenseStack:
 
     ``run(tensors, out)`` evaluates the n draws held in stream-order standard draws
     ``tensors`` (scaled here, in place, unless the ReLU/sigma_b = 0 invariance makes scaling
-    unnecessary) and writes their labels (n, M) into the uint8 tensor ``out``. Activation
-    buffers (max_batch, units, M) are allocated once and reused.
+    unnecessary) and writes their labels (n, M) into the uint8 tensor ``out``. The forward is
+    the layers' own (:func:`volume.layers.run`) writing into activation buffers
+    (max_batch, units, M), allocated once and reused, with the activation in place.
     """
 
     def __init__(self, spec: ExperimentSpec, layers: list[Layer], x: torch.Tensor, max_batch: int):
         self.spec = spec
         self.layers = layers
         self.m = x.shape[0]
-        self.xt = x.reshape(self.m, -1).t().contiguous()  # (d, M)
-        self.act_ = ACTIVATIONS[spec.architecture.activation].inplace()
-        self.biased = spec.prior.sigma_b > 0
-        self.homogeneous = ACTIVATIONS[spec.architecture.activation].homogeneous and not self.biased
+        self.xt = layers[0].inputs(x)  # (d, M)
+        self.act = ACTIVATIONS[spec.architecture.activation]
+        self.homogeneous = self.act.homogeneous and spec.prior.sigma_b == 0
         self.h = [torch.empty(max_batch, layer.weight_shape[0], self.m, dtype=x.dtype, device=x.device)
                   for layer in layers]
 
     def run(self, tensors: list[torch.Tensor], out: torch.Tensor) -> None:
         prior = self.spec.prior
-        n = tensors[0].shape[0]
-        it = iter(tensors)
-        h: torch.Tensor | None = None
-        for i, layer in enumerate(self.layers):
-            w = next(it)
-            b = next(it) if self.biased else None
-            if not self.homogeneous:
-                w.mul_(prior.sigma_w / math.sqrt(layer.fan_in))
-                if b is not None:
-                    b.mul_(prior.sigma_b)
-            o = layer.weight_shape[0]
-            dst = self.h[i][:n]
-            if h is None:  # first layer: one product for the whole sub-batch
-                w2, d2 = w.view(n * o, -1), dst.view(n * o, self.m)
-                if b is None:
-                    torch.mm(w2, self.xt, out=d2)
-                else:
-                    torch.addmm(b.reshape(n * o, 1), w2, self.xt, out=d2)
-            elif b is None:
-                torch.bmm(w, h, out=dst)
-            else:
-                torch.baddbmm(b.view(n, o, 1), w, h, out=dst)
-            if not layer.last:
-                self.act_(dst)
-            h = dst
-        assert h is not None
+        pairs = list(stream_pairs(self.spec, tensors))
+        if not self.homogeneous:
+            for layer, (w, b) in zip(self.layers, pairs):
+                layer.scale_(w, b, prior.sigma_w, prior.sigma_b)
+        h = run_layers(self.layers, pairs, self.xt, self.act, self.h, prepared=True)  # (n, units, M)
         if self.spec.output.kind == "threshold":
             torch.gt(h[:, 0, :], 0, out=out.view(torch.bool))
         else:
@@ -167,15 +145,7 @@ class DenseStack:
 
 def activation_bytes(layers: list[Layer], input_shape: tuple[int, ...], m: int) -> int:
     """Bytes (float32) of one draw's activations on M inputs plus its parameters."""
-    elems = 0
-    shape = tuple(input_shape)
-    for layer in layers:
-        if layer.kind == "conv":
-            c, h, w = layer.weight_shape[0], shape[-2], shape[-1]
-            elems += c * h * w
-            shape = (c, h // 2, w // 2) if layer.pool != "none" else (c, h, w)
-        else:
-            elems += layer.weight_shape[0]
+    elems = sum(layer.weight_shape[0] * layer.positions(shape) for layer, shape in walk(layers, input_shape))
     return 4 * (elems * m + sum(layer.n_params for layer in layers))
 
 

@@ -298,7 +298,7 @@ class GPRequest(_Body):
     samples: int | None = Field(None, ge=2, description="draws of the Monte-Carlo method (default 2048)")
     seed: int = Field(0, ge=0, description="seed of the Monte-Carlo draws")
     likelihood: str = Field("heaviside", description="heaviside | probit")
-    kernel: str = Field("analytic", description="analytic (FCN relu/erf) | empirical (any spec)")
+    kernel: str = Field("analytic", description="analytic (FCN, or CNN with pool avg/none; relu/erf) | empirical (any spec)")
     kernel_samples: int = Field(1024, ge=2, description="networks of the empirical kernel")
 
 
@@ -532,7 +532,7 @@ class VolumeAPI:
         if req.method not in METHODS:
             raise ApiError(400, f"method = {req.method!r}: use one of {', '.join(METHODS)}")
         if req.kernel not in ("analytic", "empirical"):
-            raise ApiError(400, f"kernel = {req.kernel!r}: use 'analytic' (FCN relu/erf) or 'empirical' (any spec)")
+            raise ApiError(400, f"kernel = {req.kernel!r}: use 'analytic' (FCN, or CNN with pool avg/none; relu/erf) or 'empirical' (any spec)")
         if req.likelihood not in ("heaviside", "probit"):
             raise ApiError(400, f"likelihood = {req.likelihood!r}: use 'heaviside' or 'probit'")
         check_gp(spec, self.limits, samples=0 if req.method == "ep" else (req.samples or DEFAULT_SAMPLES),

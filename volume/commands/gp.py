@@ -16,7 +16,7 @@ METHOD_CHOICES = ("auto", "ep", "ep-is", "ep-sis", "tilting")  # volume.gp.score
 
 def _kernel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", choices=("analytic", "empirical"), default="analytic",
-                   help="analytic NNGP (FCN, relu/erf) or Monte-Carlo empirical kernel (any spec)")
+                   help="analytic NNGP (FCN, or CNN with pool avg/none; relu/erf) or Monte-Carlo empirical kernel (any spec)")
     p.add_argument("--kernel-samples", type=int, default=1024, help="networks for the empirical kernel")
     p.add_argument("--kernel-file", default=None, help="use a kernel saved by `volume gp kernel` instead")
     _ray_args(p)
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("spec", help="spec file (.toml or .json)")
     p.add_argument("-o", "--output", required=True, help="HDF5 file to write")
     p.add_argument("--kernel", choices=("analytic", "empirical"), default="analytic",
-                   help="analytic NNGP (FCN, relu/erf) or Monte-Carlo empirical kernel (any spec)")
+                   help="analytic NNGP (FCN, or CNN with pool avg/none; relu/erf) or Monte-Carlo empirical kernel (any spec)")
     p.add_argument("--kernel-samples", type=int, default=1024, help="networks for the empirical kernel")
     p.add_argument("--seed", type=int, default=None, help="seed of the empirical kernel's networks (default: spec.seed)")
     _ray_args(p)

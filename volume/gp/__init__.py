@@ -1,6 +1,6 @@
 """The Gaussian-process route to P(f) for input sets too large to count functions on.
 
-kernels.py   analytic NNGP kernel (FCN, relu/erf) and the Monte-Carlo empirical kernel (any spec)
+kernels.py   analytic NNGP kernel (FCN, CNN with average or no pooling; relu/erf) and the Monte-Carlo empirical kernel (any spec)
 ep.py        expectation propagation for log P(sign z = f), z ~ N(0, K); importance-sampling correction
 orthant.py   the labelled orthant problem without its degenerate inputs; impossible labellings and why
 epsis.py     EP-guided sequential importance sampling (the default Monte-Carlo estimator)

@@ -142,7 +142,7 @@ def log_prior(spec: ExperimentSpec, labels: Any, *, likelihood: str = "heaviside
     error, falling back visibly), 'ep', 'ep-is', 'ep-sis' or 'tilting' (``volume.gp.score``);
     ``samples`` draws of the Monte-Carlo methods, random numbers from ``seed``.
     ``importance_samples`` > 0 without ``method`` asks for EP + importance sampling (the old
-    interface). ``kernel``: 'analytic' (FCN relu/erf) or 'empirical' (``kernel_samples``
+    interface). ``kernel``: 'analytic' (FCN or CNN without max pooling; relu/erf) or 'empirical' (``kernel_samples``
     networks, ``kernel_block_size`` per block, seeded by ``kernel_seed`` (default ``spec.seed``),
     distributed by ``map_fn``, e.g. ``volume.jobs.ray_map``); ``kernel_matrix`` overrides both
     with a precomputed (M, M) kernel.

@@ -1,7 +1,8 @@
 """Kernels of the Gaussian process that a wide network's output follows under the prior.
 
-Analytic NNGP kernel (fully connected networks; Neal 1996, Williams 1997, Lee et al. 2018,
-as used by Valle-Perez et al. 2019 and Mingard et al. 2021). With d input features,
+Analytic NNGP kernel (Neal 1996, Williams 1997, Lee et al. 2018, as used by Valle-Perez et al.
+2019 and Mingard et al. 2021; CNNs: Novak et al. 2019, Garriga-Alonso et al. 2019). For an FCN
+with d input features,
 
     K^0(x, x') = sigma_b^2 + sigma_w^2 x.x' / d                      (first pre-activation)
     K^{l+1}    = sigma_b^2 + sigma_w^2 E_{(u,u') ~ N(0, K^l)} [phi(u) phi(u')]
@@ -10,9 +11,13 @@ as used by Valle-Perez et al. 2019 and Mingard et al. 2021). With d input featur
            cos t = K_xx' / sqrt(K_xx K_x'x')                          (Cho & Saul 2009)
     erf:   E[...] = (2/pi) arcsin(2 K_xx' / sqrt((1 + 2 K_xx)(1 + 2 K_x'x')))  (Williams 1997)
 
-applied once per hidden layer; the result is the kernel of the output unit. Uniform priors
-have the same variances and hence, in the infinite-width limit, the same kernel. There is no
-closed form for tanh or for CNNs: use the empirical kernel.
+applied once per hidden layer; the result is the kernel of the output unit. A CNN (conv
+'same', average or no 2x2 pooling, flatten, dense) carries, for each pair of inputs, the
+covariances of pixel pairs (q, q + D) through its conv layers; each layer kind's step is its
+own (``volume.layers``, whose docstring gives the formulas), the closed forms are the
+activations' (``volume.activations``). Uniform priors have the same variances and hence, in
+the infinite-width limit, the same kernel. There is no closed form for tanh or for max
+pooling: use the empirical kernel (:func:`analytic_unsupported` says why).
 
 Empirical (Monte-Carlo) kernel of any spec: the mean over sampled networks of the output
 covariance *given* the last hidden layer h_L (width = fan-in of the output layer),
@@ -20,7 +25,7 @@ covariance *given* the last hidden layer h_L (width = fan-in of the output layer
     K_hat(x, x') = mean_i [ sigma_w^2 h_L^i(x).h_L^i(x') / width + sigma_b^2 ],
 
 with its standard error (standard deviation over networks / sqrt(n)). Networks come from
-the project's own batched machinery (``volume.sampler.block_standard`` / ``forward``) and
+the project's own batched machinery (``volume.sampler.block_standard`` / ``volume.layers.run``) and
 block b of draws is block b of the random stream (all layers in full), so draw i of block b is
 the same network the torch sampler draws wherever it does not use the input basis. For a single hidden layer and a
 Gaussian prior the estimate is unbiased at any width; deeper networks approach the NNGP
@@ -42,7 +47,10 @@ import torch
 from volume.checks import positive_int
 from volume.errors import VolumeError
 from volume.inputs import InputSet, load_inputs
-from volume.models import Layer, forward, layer_shapes, scale_params
+from volume.limits import input_shape
+from volume.activations import ACTIVATIONS, with_kernel
+from volume.layers import features, nngp_chain, pair_elements, run, walk
+from volume.models import Layer, layer_shapes, scale_params
 from volume.sampler import block_standard
 from volume.spec import FCN, ExperimentSpec
 
@@ -57,77 +65,72 @@ class KernelError(VolumeError):
 
 
 # --------------------------------------------------------------------------- analytic
-def _relu_expectation(kxy: np.ndarray, kxx: np.ndarray, kyy: np.ndarray) -> np.ndarray:
-    """E[relu(u) relu(u')] for (u, u') ~ N(0, [[kxx, kxy], [kxy, kyy]]) (arc-cosine kernel of degree 1)."""
-    norm = np.sqrt(kxx * kyy)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(norm > 0, kxy / norm, 0.0)
-    np.clip(cos, -1.0, 1.0, out=cos)
-    theta = np.arccos(cos)
-    return norm * (np.sqrt(1.0 - cos * cos) + (np.pi - theta) * cos) / (2.0 * np.pi)
-
-
-def _erf_expectation(kxy: np.ndarray, kxx: np.ndarray, kyy: np.ndarray) -> np.ndarray:
-    """E[erf(u) erf(u')] for (u, u') ~ N(0, [[kxx, kxy], [kxy, kyy]]) (Williams 1997)."""
-    arg = 2.0 * kxy / np.sqrt((1.0 + 2.0 * kxx) * (1.0 + 2.0 * kyy))
-    return (2.0 / np.pi) * np.arcsin(np.clip(arg, -1.0, 1.0))
-
-
-_EXPECTATIONS = {"relu": _relu_expectation, "erf": _erf_expectation}
-
-
 def nngp_layer(kxy: np.ndarray, kxx: np.ndarray, kyy: np.ndarray, activation: str,
                sigma_w: float, sigma_b: float) -> np.ndarray:
-    """One step of the NNGP recursion: K^{l+1} = sigma_b^2 + sigma_w^2 E[phi(u) phi(u')].
+    """One step of the dense NNGP recursion: K^{l+1} = sigma_b^2 + sigma_w^2 E[phi(u) phi(u')]
+    (the activation's closed form, ``volume.activations``).
 
     ``kxx`` and ``kyy`` are the variances of the two arguments, broadcast against ``kxy``."""
-    if activation not in _EXPECTATIONS:
+    _activation(activation)
+    return sigma_b**2 + sigma_w**2 * ACTIVATIONS[activation].expectation(kxy, kxx, kyy)
+
+
+def _activation(name: str):
+    act = ACTIVATIONS[name]
+    if act.expectation is None:
         raise KernelError(
-            f"architecture.activation = {activation!r} has no closed-form NNGP kernel here: "
-            f"use activation 'relu' or 'erf', or kernel='empirical'"
-        )
-    return sigma_b**2 + sigma_w**2 * _EXPECTATIONS[activation](kxy, kxx, kyy)
+            f"architecture.activation = {name!r} has no closed-form NNGP kernel here: "
+            f"use activation {' or '.join(repr(a) for a in with_kernel())}, or kernel='empirical'")
+    return act
 
 
-def _check_fcn(spec: ExperimentSpec) -> FCN:
-    arch = spec.architecture
-    if not isinstance(arch, FCN):
-        raise KernelError("the analytic NNGP kernel is implemented for fully connected networks "
-                          "(architecture.kind = 'fcn'); for a CNN use kernel='empirical'")
-    if arch.activation not in _EXPECTATIONS:
-        nngp_layer(np.zeros(1), np.ones(1), np.ones(1), arch.activation, 1.0, 0.0)  # raises
-    return arch
+def analytic_unsupported(spec: ExperimentSpec) -> str:
+    """Why the analytic kernel cannot be computed for ``spec`` (empty string if it can): the
+    activation's closed form (``volume.activations``) or a layer's step (``volume.layers``)."""
+    name = spec.architecture.activation
+    if ACTIVATIONS[name].expectation is None:
+        return (f"architecture.activation = {name!r} has no closed-form NNGP kernel: "
+                f"use activation {' or '.join(repr(a) for a in with_kernel())}, or kernel='empirical'")
+    for layer in layer_shapes(spec, input_shape(spec)):
+        if layer.nngp_unsupported():
+            return layer.nngp_unsupported()
+    return ""
 
 
 def analytic_kernel(spec: ExperimentSpec, inputs: InputSet | None = None, *,
                     memory_bytes: int = DEFAULT_MEMORY) -> np.ndarray:
-    """The NNGP kernel (M, M) float64 of the output of ``spec``'s FCN on its input set.
+    """The NNGP kernel (M, M) float64 of the output of ``spec``'s network (FCN, or CNN with
+    average or no pooling) on its input set.
 
-    See the module docstring for the recursion. The diagonal follows the exact 1-D recursion
-    (so K_xx is not subject to the arccos round-off), rows are computed in blocks of at most
-    ``memory_bytes`` of temporaries.
+    See the module docstring for the recursion; each layer's step is its own
+    (``volume.layers``). The diagonal follows its own pass over the pairs (x, x) (so K_xx is not
+    subject to the arccos round-off, and the off-diagonal pass takes its variances from it);
+    rows are computed in blocks of at most ``memory_bytes`` of temporaries.
     """
-    arch = _check_fcn(spec)
     inputs = inputs if inputs is not None else load_inputs(spec.inputs)
-    x = np.asarray(inputs.flat, dtype=np.float64)
-    m, d = x.shape
+    why = analytic_unsupported(spec)
+    if why:
+        raise KernelError(why)
+    act = _activation(spec.architecture.activation)
+    layers = layer_shapes(spec, inputs.shape)
+    x = np.asarray(inputs.x, dtype=np.float64)
+    m = x.shape[0]
     sw, sb = spec.prior.sigma_w, spec.prior.sigma_b
-    depth = len(arch.hidden)
-    # diagonals K^l_xx, l = 0..depth
-    diags = [sb**2 + sw**2 * np.einsum("ij,ij->i", x, x) / d]
-    for _ in range(depth):
-        k = diags[-1]
-        diags.append(nngp_layer(k, k, k, arch.activation, sw, sb))
+    per_pair = 8 * 8 * pair_elements(layers, inputs.shape)  # float64 moments and a few temporaries
+    rows = max(1, min(m, memory_bytes // max(1, per_pair * m)))
+    diag_rows = max(1, min(m, memory_bytes // max(1, per_pair)))
+    parts = [nngp_chain(layers, x[r0:r0 + diag_rows], x[r0:r0 + diag_rows], act, sw, sb, diagonal=True)
+             for r0 in range(0, m, diag_rows)]
+    diag = np.concatenate([p[0] for p in parts])
+    variances = [None if parts[0][1][i] is None else np.concatenate([p[1][i] for p in parts])
+                 for i in range(len(layers))]
     out = np.empty((m, m), dtype=np.float64)
-    rows = max(1, min(m, memory_bytes // max(1, 8 * 8 * m)))
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
-        k = sb**2 + sw**2 * (x[r0:r1] @ x.T) / d
-        for layer in range(depth):
-            k = nngp_layer(k, diags[layer][r0:r1, None], diags[layer][None, :], arch.activation, sw, sb)
-        out[r0:r1] = k
+        var = [None if v is None else (v[r0:r1], v) for v in variances]
+        out[r0:r1] = nngp_chain(layers, x[r0:r1], x, act, sw, sb, diagonal=False, variances=var)[0]
     idx = np.arange(m)
-    out[idx, idx] = diags[-1]
+    out[idx, idx] = diag
     return out
 
 
@@ -159,16 +162,8 @@ class _Moments:
 
 def _activation_size(layers: list[Layer], input_shape: tuple[int, ...]) -> int:
     """Largest number of activations one network holds per input (for memory budgeting)."""
-    size = math.prod(input_shape)
-    spatial = math.prod(input_shape[1:]) if len(input_shape) == 3 else 1
-    for layer in layers:
-        if layer.kind == "conv":  # 'same' padding keeps the spatial size until the pooling
-            size = max(size, layer.weight_shape[0] * spatial)
-            if layer.pool != "none":
-                spatial = max(1, spatial // 4)
-        else:
-            size = max(size, layer.weight_shape[0])
-    return size
+    return max([math.prod(input_shape)] + [layer.weight_shape[0] * layer.positions(shape)
+                                           for layer, shape in walk(layers, input_shape)])
 
 
 def _hidden_features(spec: ExperimentSpec, hidden: list[Layer], params: dict[str, torch.Tensor],
@@ -181,9 +176,8 @@ def _hidden_features(spec: ExperimentSpec, hidden: list[Layer], params: dict[str
         if not hidden:  # no hidden layer: the output layer reads the inputs themselves
             h = xs.reshape(1, xs.shape[0], -1).expand(batch, -1, -1)
         else:
-            h = forward(spec, hidden, params, xs)
-            if h.dim() == 4:  # CNN without dense layers: (M, B*C, H, W) -> (B, M, C*H*W)
-                h = h.reshape(xs.shape[0], batch, -1).transpose(0, 1)
+            pairs = ((params[f"weight{i}"], params[f"bias{i}"]) for i in range(len(hidden)))
+            h = features(run(hidden, pairs, xs, ACTIVATIONS[spec.architecture.activation]), batch)
         parts.append(h)
     return torch.cat(parts, dim=1)
 
@@ -193,7 +187,7 @@ class KernelBlockTask:
 
     Block b draws ``block_size`` networks from the random stream of block b under ``seed``
     (``volume.sampler.block_standard``, the sampler's stream, all layers in full) and evaluates the
-    hidden layers with ``forward``; networks and inputs are processed in sub-batches that
+    hidden layers with the layers' forward; networks and inputs are processed in sub-batches that
     keep the working set within ``memory_bytes``.
     """
 
@@ -291,6 +285,11 @@ def finish_moments(spec: ExperimentSpec, mom: _Moments, blocks: tuple[int, ...],
                            meta={"method": "empirical"})
 
 
+def _depth(spec: ExperimentSpec) -> int:
+    arch = spec.architecture
+    return len(arch.hidden) if isinstance(arch, FCN) else len(arch.channels) + len(arch.dense)
+
+
 def spec_kernel(spec: ExperimentSpec, kind: str = "analytic", inputs: InputSet | None = None,
                 **empirical_kw: Any) -> tuple[np.ndarray, np.ndarray | None, dict]:
     """Kernel of ``kind`` ('analytic' or 'empirical') for a spec: (K, its standard error or
@@ -299,7 +298,7 @@ def spec_kernel(spec: ExperimentSpec, kind: str = "analytic", inputs: InputSet |
         raise KernelError("the GP path models one threshold output (output.kind = 'threshold'); "
                           f"this spec has output.kind = {spec.output.kind!r}")
     if kind not in ("analytic", "empirical"):
-        raise KernelError(f"kernel = {kind!r}: use 'analytic' (FCN with relu/erf) or 'empirical' (any spec)")
+        raise KernelError(f"kernel = {kind!r}: use 'analytic' (FCN or CNN without max pooling; relu/erf) or 'empirical' (any spec)")
     if kind == "analytic" and empirical_kw:
         raise KernelError(f"options {sorted(empirical_kw)} apply to kernel='empirical' only")
     try:
@@ -315,10 +314,10 @@ def spec_kernel(spec: ExperimentSpec, kind: str = "analytic", inputs: InputSet |
         K = None
     if K is None or not np.all(np.isfinite(K)):
         raise KernelError(f"the {kind} kernel overflows float64 (prior.sigma_w = {spec.prior.sigma_w:g}, "
-                          f"prior.sigma_b = {spec.prior.sigma_b:g}, {len(spec.architecture.hidden) if hasattr(spec.architecture, 'hidden') else '?'} "
-                          "hidden layers): the variances grow like sigma_w^(2 x depth); use smaller standard deviations")
+                          f"prior.sigma_b = {spec.prior.sigma_b:g}, {_depth(spec)} hidden layers): the variances grow "
+                          "like sigma_w^(2 x depth); use smaller standard deviations")
     return K, stderr, meta
 
 
-__all__ = ["analytic_kernel", "empirical_kernel", "nngp_layer", "spec_kernel", "EmpiricalKernel",
+__all__ = ["analytic_kernel", "analytic_unsupported", "empirical_kernel", "nngp_layer", "spec_kernel", "EmpiricalKernel",
            "KernelBlockTask", "KernelError"]
