@@ -37,6 +37,11 @@ from volume.h5io import atomic_h5, attr_text, check_format, checked_dataset, con
 from volume.keys import key_bytes, pack_labels, parse_function
 from volume.spec import RANDOM_STREAM_VERSION, ExperimentSpec, SpecError
 
+try:  # the optional compiled extension (setup.py); it also has the linear merge of counted keys
+    from volume import _fused
+except ImportError:
+    _fused = None
+
 FORMAT = "volume-table"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no checksums
@@ -86,11 +91,16 @@ def stream_mismatch(have: int, want: int, what: str = "table") -> str:
 
 def merge_counted(keys_a: np.ndarray, counts_a: np.ndarray, keys_b: np.ndarray,
                   counts_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Union of two sorted unique key sets with summed counts, in O(|a| + |b| log |a|): b's keys
-    are looked up in a (binary search) and the new ones inserted in place. For a large table
-    and a few counted blocks this is much faster than sorting everything again."""
+    """Union of two sorted unique key sets with summed counts. With the compiled extension
+    (``volume._fused.merge_counted``) one linear merge, O(|a| + |b|); without it, b's keys are
+    looked up in a (binary search) and the new ones inserted, O(|a| + |b| log |a|). Both give
+    the same arrays."""
     if keys_a.shape[0] == 0:
         return keys_b, counts_b
+    if keys_b.shape[0] == 0:
+        return keys_a, counts_a
+    if _fused is not None:
+        return _merge_compiled(keys_a, counts_a, keys_b, counts_b)
     va, vb = _void(keys_a), _void(keys_b)
     pos = np.searchsorted(va, vb)
     hit = pos < len(va)
@@ -100,6 +110,19 @@ def merge_counted(keys_a: np.ndarray, counts_a: np.ndarray, keys_b: np.ndarray,
     new = ~hit
     return (np.insert(keys_a, pos[new], keys_b[new], axis=0),
             np.insert(counts, pos[new], np.asarray(counts_b, dtype=np.uint64)[new]))
+
+
+def _merge_compiled(keys_a, counts_a, keys_b, counts_b) -> tuple[np.ndarray, np.ndarray]:
+    kb = keys_a.shape[1]
+    na, nb = keys_a.shape[0], keys_b.shape[0]
+    keys = np.empty((na + nb, kb), dtype=np.uint8)
+    counts = np.empty(na + nb, dtype=np.uint64)
+    n = _fused.merge_counted(keys, counts, np.ascontiguousarray(keys_a, np.uint8),
+                             np.ascontiguousarray(counts_a, np.uint64), np.ascontiguousarray(keys_b, np.uint8),
+                             np.ascontiguousarray(counts_b, np.uint64), kb)
+    if n < na + nb:  # keys in both: copy, so the unused rows are freed
+        keys, counts = keys[:n].copy(), counts[:n].copy()
+    return keys, counts
 
 
 class FrequencyTable:
@@ -271,8 +294,10 @@ class FrequencyTable:
             if self.spec.training is not None:  # for plain-h5py readers; checked on load
                 f.attrs["n_trainings"] = np.uint64(self.n_attempts)
                 f.attrs["n_failed"] = np.uint64(self.n_failed)
-            checked_dataset(f, "keys", self.keys, np.uint8, compress=self.n_distinct > 4096)
-            checked_dataset(f, "counts", self.counts, np.uint64)
+            # keys are stored plain: gzip halves them at 20x the time of writing them (4.4 s against
+            # 0.2 s for 7.5M keys), and a table is written at every checkpoint; counts shrink ~100x
+            checked_dataset(f, "keys", self.keys, np.uint8)
+            checked_dataset(f, "counts", self.counts, np.uint64, compress=self.n_distinct > 4096)
             checked_dataset(f, "blocks", self.blocks, np.int64)
 
     @staticmethod

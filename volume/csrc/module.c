@@ -2,7 +2,8 @@
  *
  * fcn_keys(...) writes the packed keys of draws [start, stop) of one block; standard(...)
  * the standard numbers of the random stream alone; isas() the instruction sets this CPU
- * runs, best first. The instruction set is chosen at run time (CPUID and the OS's saved
+ * runs, best first; merge_counted(...) the linear merge of two counted key sets (volume.table).
+ * The instruction set is chosen at run time (CPUID and the OS's saved
  * vector state, through __builtin_cpu_supports); isa= forces one (tests run each). The GIL
  * is released while a kernel runs. Arrays are passed as Python buffers (numpy arrays), so
  * the build needs no numpy headers.
@@ -164,9 +165,73 @@ static PyObject *py_standard(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(ISA_NAMES[isa]);
 }
 
+/* Byte-wise order of two kb-byte keys (as memcmp), 8 bytes at a time where kb allows. */
+static inline int key_cmp(const uint8_t *a, const uint8_t *b, int kb) {
+    int i = 0;
+    for (; i + 8 <= kb; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y) {
+            x = __builtin_bswap64(x);
+            y = __builtin_bswap64(y);
+            return x < y ? -1 : 1;
+        }
+    }
+    return i < kb ? memcmp(a + i, b + i, (size_t)(kb - i)) : 0;
+}
+
+/* merge_counted(out_keys, out_counts, keys_a, counts_a, keys_b, counts_b, kb) -> n: the union of
+ * two sorted unique key sets (rows of kb bytes) with summed counts, written to the first n rows
+ * of the outputs (room for |a| + |b| rows): one linear merge. */
+static PyObject *py_merge_counted(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer ok, oc, ka, ca, kb_, cb;
+    int kb;
+    if (!PyArg_ParseTuple(args, "w*w*y*y*y*y*i", &ok, &oc, &ka, &ca, &kb_, &cb, &kb)) return NULL;
+    Py_ssize_t na = kb > 0 ? ka.len / kb : 0, nb = kb > 0 ? kb_.len / kb : 0, n = 0;
+    int bad = kb < 1 || ka.len != na * kb || kb_.len != nb * kb || ca.len != na * 8 || cb.len != nb * 8 ||
+              ok.len < (na + nb) * kb || oc.len < (na + nb) * 8;
+    if (!bad) {
+        const uint8_t *a = ka.buf, *b = kb_.buf;
+        const uint64_t *ac = ca.buf, *bc = cb.buf;
+        uint8_t *o = ok.buf;
+        uint64_t *occ = oc.buf;
+        Py_BEGIN_ALLOW_THREADS
+        Py_ssize_t i = 0, j = 0;
+        while (i < na && j < nb) {
+            int c = key_cmp(a + i * kb, b + j * kb, kb);
+            if (c <= 0) {
+                memcpy(o + n * kb, a + i * kb, (size_t)kb);
+                occ[n] = ac[i] + (c == 0 ? bc[j++] : 0);
+                i++;
+            } else {
+                memcpy(o + n * kb, b + j * kb, (size_t)kb);
+                occ[n] = bc[j++];
+            }
+            n++;
+        }
+        memcpy(o + n * kb, a + i * kb, (size_t)(na - i) * kb);
+        memcpy(occ + n, ac + i, (size_t)(na - i) * 8);
+        n += na - i;
+        memcpy(o + n * kb, b + j * kb, (size_t)(nb - j) * kb);
+        memcpy(occ + n, bc + j, (size_t)(nb - j) * 8);
+        n += nb - j;
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&ok); PyBuffer_Release(&oc); PyBuffer_Release(&ka);
+    PyBuffer_Release(&ca); PyBuffer_Release(&kb_); PyBuffer_Release(&cb);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "merge_counted: buffer sizes do not match the key width");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef METHODS[] = {
     {"fcn_keys", py_fcn_keys, METH_VARARGS, "Packed keys of draws [start, stop) of an FCN block."},
     {"standard", py_standard, METH_VARARGS, "Standard numbers of draws [start, stop) of the random stream."},
+    {"merge_counted", py_merge_counted, METH_VARARGS, "Linear merge of two sorted unique key sets with counts."},
     {"isas", py_isas, METH_NOARGS, "Instruction sets this CPU runs, best first."},
     {NULL, NULL, 0, NULL}};
 
