@@ -120,8 +120,9 @@ def _merge_compiled(keys_a, counts_a, keys_b, counts_b) -> tuple[np.ndarray, np.
     n = _fused.merge_counted(keys, counts, np.ascontiguousarray(keys_a, np.uint8),
                              np.ascontiguousarray(counts_a, np.uint64), np.ascontiguousarray(keys_b, np.uint8),
                              np.ascontiguousarray(counts_b, np.uint64), kb)
-    if n < na + nb:  # keys in both: copy, so the unused rows are freed
-        keys, counts = keys[:n].copy(), counts[:n].copy()
+    if n < na + nb:  # keys in both: give back the unused rows (realloc, in place)
+        keys.resize((n, kb), refcheck=False)
+        counts.resize(n, refcheck=False)
     return keys, counts
 
 

@@ -50,7 +50,8 @@ INLINE void mulhilo(vu a, uint32_t m, vu *hi, vu *lo) {
     __m512i A = (__m512i)a, Mv = _mm512_set1_epi32((int)m);
     __m512i pe = _mm512_mul_epu32(A, Mv);
     __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(A, 32), Mv);
-    *hi = (vu)_mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
+    /* odd lanes: po's high words in place; even lanes: pe's high words, swapped down */
+    *hi = (vu)_mm512_mask_shuffle_epi32(po, (__mmask16)0x5555, pe, _MM_PERM_CDAB);
 #elif VW == 8
     __m256i A = (__m256i)a, Mv = _mm256_set1_epi32((int)m);
     __m256i pe = _mm256_mul_epu32(A, Mv);
@@ -145,21 +146,65 @@ INLINE void store_interleaved(float *out, vf v0, vf v1, vf v2, vf v3) {
     o[3] = __builtin_shuffle(a1, b1, HI_MASK);
 }
 
-/* The standard numbers of draw `draw` into out[0 .. 4 * VW * ceil(P / (4 VW))) (aligned). */
-static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
-    uint32_t rk0[10], rk1[10];
+/* Philox of GS (2) vectors of counters, round by round: two independent chains, so the
+ * core overlaps the latency of one's multiplies with the other's work. */
+#define GS 2
+INLINE void philox_gs(vu c0[GS], uint32_t c1s, const uint32_t *rk0, const uint32_t *rk1, vu out[GS][4]) {
+    vu c1[GS], c2[GS], c3[GS];
+    for (int s = 0; s < GS; s++) { c1[s] = (vu){0} + c1s; c2[s] = (vu){0}; c3[s] = (vu){0}; }
+#pragma GCC unroll 10
     for (int r = 0; r < 10; r++) {
-        rk0[r] = key0 + (uint32_t)r * 0x9E3779B9u;
-        rk1[r] = key1 + (uint32_t)r * 0xBB67AE85u;
+#pragma GCC unroll 2
+        for (int s = 0; s < GS; s++) {
+            vu hi0, lo0, hi1, lo1;
+            mulhilo(c0[s], 0xD2511F53u, &hi0, &lo0);
+            mulhilo(c2[s], 0xCD9E8D57u, &hi1, &lo1);
+            vu n0 = hi1 ^ c1[s] ^ rk0[r], n2 = hi0 ^ c3[s] ^ rk1[r];
+            c0[s] = n0; c1[s] = lo1; c2[s] = n2; c3[s] = lo0;
+        }
     }
+    for (int s = 0; s < GS; s++) { out[s][0] = c0[s]; out[s][1] = c1[s]; out[s][2] = c2[s]; out[s][3] = c3[s]; }
+}
+
+/* Floats of the buffer draw_standard fills for P numbers: whole steps of GS vectors of 4 VW. */
+#define PADDED(P) ((((P) + 4 * VW * GS - 1) / (4 * VW * GS)) * 4 * VW * GS)
+
+/* The generation of one draw's standard numbers in steps of GS vectors of counters, so that
+ * fcn_keys can interleave the next draw's numbers with the current draw's forward pass (the
+ * generator's integer work then runs beside the forward pass's FMAs). */
+struct gen {
+    float *out;
+    int groups, g, uniform;
+    uint32_t draw, rk0[10], rk1[10];
+};
+
+INLINE void gen_init(struct gen *G, float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
+    for (int r = 0; r < 10; r++) {
+        G->rk0[r] = key0 + (uint32_t)r * 0x9E3779B9u;
+        G->rk1[r] = key1 + (uint32_t)r * 0xBB67AE85u;
+    }
+    G->out = out;
+    G->groups = (n_params + 3) / 4;
+    G->g = 0;
+    G->uniform = uniform;
+    G->draw = draw;
+}
+
+/* The next GS vectors of counters (4 GS VW numbers, in stream order); nothing when done. */
+INLINE void gen_step(struct gen *G) {
+    const int g = G->g;
+    if (g >= G->groups) return;
+    G->g = g + VW * GS;
     vu lane;
     for (int l = 0; l < VW; l++) lane[l] = (uint32_t)l;
-    int groups = (n_params + 3) / 4;
-    for (int g = 0; g < groups; g += VW) {
-        vu x[4];
-        philox(lane + (uint32_t)g, draw, rk0, rk1, x);
+    vu c0[GS], xs[GS][4];
+    for (int s = 0; s < GS; s++) c0[s] = lane + (uint32_t)(g + s * VW);
+    philox_gs(c0, G->draw, G->rk0, G->rk1, xs);
+#pragma GCC unroll 2
+    for (int s = 0; s < GS; s++) {
+        vu *x = xs[s];
         vf z[4];
-        if (uniform) {
+        if (G->uniform) {
             for (int j = 0; j < 4; j++) {
                 vi k = (vi)(x[j] >> 8);
                 z[j] = __builtin_convertvector(k + k + (1 - (1 << 24)), vf) * (float)(1.7320508075688772 / 16777216.0);
@@ -169,14 +214,21 @@ static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, 
                 vi k0 = (vi)(x[j] >> 8), k1 = (vi)(x[j + 1] >> 8);
                 vf u = __builtin_convertvector(k0 + 1, vf) * (1.0f / 16777216.0f);
                 vf r = VSQRT(-2.0f * vlog(u));
-                vf c, s;
-                vsincos2pi(k1, &c, &s);
+                vf c, sn;
+                vsincos2pi(k1, &c, &sn);
                 z[j] = r * c;
-                z[j + 1] = r * s;
+                z[j + 1] = r * sn;
             }
         }
-        store_interleaved(out + 4 * g, z[0], z[1], z[2], z[3]);
+        store_interleaved(G->out + 4 * (g + s * VW), z[0], z[1], z[2], z[3]);
     }
+}
+
+/* The standard numbers of draw `draw` into out[0 .. PADDED(P)) (aligned). */
+static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
+    struct gen G;
+    gen_init(&G, out, n_params, uniform, key0, key1, draw);
+    while (G.g < G.groups) gen_step(&G);
 }
 
 #ifndef CHUNK
@@ -257,7 +309,7 @@ INLINE void micro_out(const int R, const int NC, const float *restrict w, int K,
  * or, with Z given (the last hidden layer of a one-output network, ReLU), Z (nv vectors) +=
  * w_out . relu(W B + bias) without storing C: blocks of RB rows x CB vectors, then the edges. */
 static void layer(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv, float *C, int ldc,
-                  int relu, float *Z, const float *wout) {
+                  int relu, float *Z, const float *wout, struct gen *G) {
     int r = 0;
 #define BLOCK(R, NC)                                                                                              \
     do {                                                                                                          \
@@ -267,7 +319,10 @@ static void layer(const float *W, int O, int K, const float *bias, const float *
     } while (0)
     for (; r + RB <= O; r += RB) {
         int c = 0;
-        for (; c + CB <= nv; c += CB) BLOCK(RB, CB);
+        for (; c + CB <= nv; c += CB) {
+            BLOCK(RB, CB);
+            if (G) gen_step(G);
+        }
         for (; c < nv; c++) BLOCK(RB, 1);
     }
     for (; r < O; r++) {
@@ -280,7 +335,7 @@ static void layer(const float *W, int O, int K, const float *bias, const float *
 
 void KERNEL_NAME(standard)(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1,
                            int64_t start, int64_t stop) {
-    int padded = ((n_params + 4 * VW - 1) / (4 * VW)) * 4 * VW;
+    int padded = PADDED(n_params);
     float *buf = aligned_alloc(64, (size_t)padded * 4);
     for (int64_t i = start; i < stop; i++) {
         draw_standard(buf, n_params, uniform, key0, key1, (uint32_t)i);
@@ -296,20 +351,29 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
         n_params += job->dims[l + 1] * job->dims[l] + (job->biased ? job->dims[l + 1] : 0);
         if (job->dims[l + 1] > maxw) maxw = job->dims[l + 1];
     }
-    int padded = ((n_params + 4 * VW - 1) / (4 * VW)) * 4 * VW;
-    float *params = aligned_alloc(64, (size_t)padded * 4);
+    int padded = PADDED(n_params);
+    float *params = aligned_alloc(64, (size_t)padded * 4), *next = aligned_alloc(64, (size_t)padded * 4);
     float *h0 = aligned_alloc(64, (size_t)maxw * CHUNK * 4), *h1 = aligned_alloc(64, (size_t)maxw * CHUNK * 4);
     float *res = aligned_alloc(64, (size_t)job->dims[L] * Mp * 4);
     const float *in;
     uint8_t *labels = malloc((size_t)M);
-    if (!params || !h0 || !h1 || !res || !labels) {
-        free(params); free(h0); free(h1); free(res); free(labels);
+    if (!params || !next || !h0 || !h1 || !res || !labels) {
+        free(params); free(next); free(h0); free(h1); free(res); free(labels);
         return -1;
     }
     const int units = job->dims[L], bits = job->bits_per_label;
     const int fuse_out = !job->argmax && units == 1 && L >= 2;
+    struct gen G;
+    if (job->start < job->stop) draw_standard(next, n_params, job->uniform, job->key0, job->key1, (uint32_t)job->start);
     for (int64_t i = job->start; i < job->stop; i++) {
-        draw_standard(params, n_params, job->uniform, job->key0, job->key1, (uint32_t)i);
+        float *tmp = params; /* this draw's numbers are in `next` (made during the last draw) */
+        params = next;
+        next = tmp;
+        struct gen *g = 0; /* draw i + 1's numbers, made a step at a time during this draw's forward pass */
+        if (i + 1 < job->stop) {
+            gen_init(&G, next, n_params, job->uniform, job->key0, job->key1, (uint32_t)(i + 1));
+            g = &G;
+        }
         float *p = params;
         for (int l = 0; l < L; l++) { /* scale the weights once per draw */
             int K = job->dims[l], O = job->dims[l + 1];
@@ -335,17 +399,19 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 if (fuse_out && l == L - 2) { /* p: the output unit's weights, then its bias */
                     float z0 = job->biased ? p[O] : 0.0f;
                     for (int j = 0; j < nv * VW; j++) res[c0 + j] = z0;
-                    layer(W, O, K, b, in, ld_in, nv, 0, 0, 1, res + c0, p);
+                    layer(W, O, K, b, in, ld_in, nv, 0, 0, 1, res + c0, p, g);
                     break;
                 }
                 float *dst = l == L - 1 ? res + c0 : out;
                 int ld_out = l == L - 1 ? Mp : CHUNK;
-                layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1, 0, 0);
+                layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1, 0, 0, g);
                 in = out;
                 ld_in = CHUNK;
                 out = out == h0 ? h1 : h0;
             }
         }
+        if (g)
+            while (G.g < G.groups) gen_step(&G);
         in = res;
         /* in = outputs (units x Mp) */
         uint8_t *key = keys + (i - job->start) * (int64_t)job->key_bytes;
@@ -367,6 +433,6 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 if (in[m] > 0.0f) key[m >> 3] |= (uint8_t)(0x80u >> (m & 7));
         }
     }
-    free(params); free(h0); free(h1); free(res); free(labels);
+    free(params); free(next); free(h0); free(h1); free(res); free(labels);
     return 0;
 }

@@ -181,6 +181,38 @@ static inline int key_cmp(const uint8_t *a, const uint8_t *b, int kb) {
     return i < kb ? memcmp(a + i, b + i, (size_t)(kb - i)) : 0;
 }
 
+/* The merge of merge_counted below; KB > 0: a key width known at compile time (whole 8-byte
+ * words compared and copied inline), 0: any width kb. Returns the rows written. */
+#define MERGE_BODY(KB)                                                                               \
+    {                                                                                                \
+        const Py_ssize_t w = (KB) ? (KB) : kb;                                                      \
+        Py_ssize_t i = 0, j = 0, n = 0;                                                             \
+        while (i < na && j < nb) {                                                                  \
+            int c = key_cmp(a + i * w, b + j * w, (int)w);                                          \
+            const uint8_t *src = c <= 0 ? a + i * w : b + j * w;                                    \
+            uint64_t cnt = c < 0 ? ac[i] : c > 0 ? bc[j] : ac[i] + bc[j];                           \
+            memcpy(o + n * w, src, (size_t)w);                                                      \
+            occ[n++] = cnt;                                                                         \
+            i += c <= 0;                                                                            \
+            j += c >= 0;                                                                            \
+        }                                                                                           \
+        memcpy(o + n * w, a + i * w, (size_t)(na - i) * w);                                         \
+        memcpy(occ + n, ac + i, (size_t)(na - i) * 8);                                              \
+        n += na - i;                                                                                \
+        memcpy(o + n * w, b + j * w, (size_t)(nb - j) * w);                                         \
+        memcpy(occ + n, bc + j, (size_t)(nb - j) * 8);                                              \
+        return n + nb - j;                                                                          \
+    }
+
+static Py_ssize_t merge_any(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                            Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(0)
+static Py_ssize_t merge_8(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                          Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(8)
+static Py_ssize_t merge_16(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                           Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(16)
+static Py_ssize_t merge_32(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                           Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(32)
+
 /* merge_counted(out_keys, out_counts, keys_a, counts_a, keys_b, counts_b, kb) -> n: the union of
  * two sorted unique key sets (rows of kb bytes) with summed counts, written to the first n rows
  * of the outputs (room for |a| + |b| rows): one linear merge. */
@@ -195,28 +227,11 @@ static PyObject *py_merge_counted(PyObject *self, PyObject *args) {
     if (!bad) {
         const uint8_t *a = ka.buf, *b = kb_.buf;
         const uint64_t *ac = ca.buf, *bc = cb.buf;
-        uint8_t *o = ok.buf;
-        uint64_t *occ = oc.buf;
         Py_BEGIN_ALLOW_THREADS
-        Py_ssize_t i = 0, j = 0;
-        while (i < na && j < nb) {
-            int c = key_cmp(a + i * kb, b + j * kb, kb);
-            if (c <= 0) {
-                memcpy(o + n * kb, a + i * kb, (size_t)kb);
-                occ[n] = ac[i] + (c == 0 ? bc[j++] : 0);
-                i++;
-            } else {
-                memcpy(o + n * kb, b + j * kb, (size_t)kb);
-                occ[n] = bc[j++];
-            }
-            n++;
-        }
-        memcpy(o + n * kb, a + i * kb, (size_t)(na - i) * kb);
-        memcpy(occ + n, ac + i, (size_t)(na - i) * 8);
-        n += na - i;
-        memcpy(o + n * kb, b + j * kb, (size_t)(nb - j) * kb);
-        memcpy(occ + n, bc + j, (size_t)(nb - j) * 8);
-        n += nb - j;
+        if (kb == 16) n = merge_16(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
+        else if (kb == 8) n = merge_8(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
+        else if (kb == 32) n = merge_32(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
+        else n = merge_any(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&ok); PyBuffer_Release(&oc); PyBuffer_Release(&ka);
