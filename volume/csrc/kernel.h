@@ -169,9 +169,9 @@ INLINE void philox_gs(vu c0[GS], uint32_t c1s, const uint32_t *rk0, const uint32
 /* Floats of the buffer draw_standard fills for P numbers: whole steps of GS vectors of 4 VW. */
 #define PADDED(P) ((((P) + 4 * VW * GS - 1) / (4 * VW * GS)) * 4 * VW * GS)
 
-/* The generation of one draw's standard numbers in steps of GS vectors of counters, so that
- * fcn_keys can interleave the next draw's numbers with the current draw's forward pass (the
- * generator's integer work then runs beside the forward pass's FMAs). */
+/* The generation of one draw's standard numbers in steps of GS vectors of counters. (Making
+ * the next draw's numbers a step at a time between the blocks of this draw's forward pass was
+ * tried: no faster, the generator's multiplies compete with the forward pass's FMAs.) */
 struct gen {
     float *out;
     int groups, g, uniform;
@@ -309,7 +309,7 @@ INLINE void micro_out(const int R, const int NC, const float *restrict w, int K,
  * or, with Z given (the last hidden layer of a one-output network, ReLU), Z (nv vectors) +=
  * w_out . relu(W B + bias) without storing C: blocks of RB rows x CB vectors, then the edges. */
 static void layer(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv, float *C, int ldc,
-                  int relu, float *Z, const float *wout, struct gen *G) {
+                  int relu, float *Z, const float *wout) {
     int r = 0;
 #define BLOCK(R, NC)                                                                                              \
     do {                                                                                                          \
@@ -319,10 +319,7 @@ static void layer(const float *W, int O, int K, const float *bias, const float *
     } while (0)
     for (; r + RB <= O; r += RB) {
         int c = 0;
-        for (; c + CB <= nv; c += CB) {
-            BLOCK(RB, CB);
-            if (G) gen_step(G);
-        }
+        for (; c + CB <= nv; c += CB) BLOCK(RB, CB);
         for (; c < nv; c++) BLOCK(RB, 1);
     }
     for (; r < O; r++) {
@@ -352,28 +349,19 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
         if (job->dims[l + 1] > maxw) maxw = job->dims[l + 1];
     }
     int padded = PADDED(n_params);
-    float *params = aligned_alloc(64, (size_t)padded * 4), *next = aligned_alloc(64, (size_t)padded * 4);
+    float *params = aligned_alloc(64, (size_t)padded * 4);
     float *h0 = aligned_alloc(64, (size_t)maxw * CHUNK * 4), *h1 = aligned_alloc(64, (size_t)maxw * CHUNK * 4);
     float *res = aligned_alloc(64, (size_t)job->dims[L] * Mp * 4);
     const float *in;
     uint8_t *labels = malloc((size_t)M);
-    if (!params || !next || !h0 || !h1 || !res || !labels) {
-        free(params); free(next); free(h0); free(h1); free(res); free(labels);
+    if (!params || !h0 || !h1 || !res || !labels) {
+        free(params); free(h0); free(h1); free(res); free(labels);
         return -1;
     }
     const int units = job->dims[L], bits = job->bits_per_label;
     const int fuse_out = !job->argmax && units == 1 && L >= 2;
-    struct gen G;
-    if (job->start < job->stop) draw_standard(next, n_params, job->uniform, job->key0, job->key1, (uint32_t)job->start);
     for (int64_t i = job->start; i < job->stop; i++) {
-        float *tmp = params; /* this draw's numbers are in `next` (made during the last draw) */
-        params = next;
-        next = tmp;
-        struct gen *g = 0; /* draw i + 1's numbers, made a step at a time during this draw's forward pass */
-        if (i + 1 < job->stop) {
-            gen_init(&G, next, n_params, job->uniform, job->key0, job->key1, (uint32_t)(i + 1));
-            g = &G;
-        }
+        draw_standard(params, n_params, job->uniform, job->key0, job->key1, (uint32_t)i);
         float *p = params;
         for (int l = 0; l < L; l++) { /* scale the weights once per draw */
             int K = job->dims[l], O = job->dims[l + 1];
@@ -399,19 +387,17 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 if (fuse_out && l == L - 2) { /* p: the output unit's weights, then its bias */
                     float z0 = job->biased ? p[O] : 0.0f;
                     for (int j = 0; j < nv * VW; j++) res[c0 + j] = z0;
-                    layer(W, O, K, b, in, ld_in, nv, 0, 0, 1, res + c0, p, g);
+                    layer(W, O, K, b, in, ld_in, nv, 0, 0, 1, res + c0, p);
                     break;
                 }
                 float *dst = l == L - 1 ? res + c0 : out;
                 int ld_out = l == L - 1 ? Mp : CHUNK;
-                layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1, 0, 0, g);
+                layer(W, O, K, b, in, ld_in, nv, dst, ld_out, l < L - 1, 0, 0);
                 in = out;
                 ld_in = CHUNK;
                 out = out == h0 ? h1 : h0;
             }
         }
-        if (g)
-            while (G.g < G.groups) gen_step(&G);
         in = res;
         /* in = outputs (units x Mp) */
         uint8_t *key = keys + (i - job->start) * (int64_t)job->key_bytes;
@@ -433,6 +419,6 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 if (in[m] > 0.0f) key[m >> 3] |= (uint8_t)(0x80u >> (m & 7));
         }
     }
-    free(params); free(next); free(h0); free(h1); free(res); free(labels);
+    free(params); free(h0); free(h1); free(res); free(labels);
     return 0;
 }
