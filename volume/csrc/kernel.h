@@ -415,8 +415,11 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 for (int j = bits - 1; j >= 0; j--, bit++)
                     if ((labels[m] >> j) & 1) key[bit >> 3] |= (uint8_t)(0x80u >> (bit & 7));
         } else {
-            for (int m = 0; m < M; m++)
-                if (in[m] > 0.0f) key[m >> 3] |= (uint8_t)(0x80u >> (m & 7));
+            for (int m0 = 0; m0 < M; m0 += 8) { /* branch-free: the signs are random */
+                unsigned byte = 0;
+                for (int j = 0; j < 8 && m0 + j < M; j++) byte |= (unsigned)(in[m0 + j] > 0.0f) << (7 - j);
+                key[m0 >> 3] = (uint8_t)byte;
+            }
         }
     }
     free(params); free(h0); free(h1); free(res); free(labels);
