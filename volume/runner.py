@@ -85,11 +85,11 @@ class BlockAccumulator:
     into one table (linear: the runs' sizes are geometric) and saves it; writing a table of tens
     of millions of functions takes seconds, so the interval grows to ``SAVE_DUTY`` times the last
     checkpoint's duration (the process folding blocks spends at most ~1/SAVE_DUTY of its time on
-    checkpoints). Without a path nothing is saved and the stack is merged once, at ``flush``.
+    checkpoints, and it shares the machine with the workers). Without a path nothing is saved and the stack is merged once, at ``flush``.
     Whatever the order or grouping of the merges, the table is the multiset union of the blocks
     (``FrequencyTable.merge``), so the result does not depend on them."""
 
-    SAVE_DUTY = 10
+    SAVE_DUTY = 20
     MERGE_RATIO = 2
 
     def __init__(self, table: FrequencyTable, path: str | Path | None, checkpoint_seconds: float = 30.0):

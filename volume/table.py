@@ -204,7 +204,7 @@ class FrequencyTable:
     def check_compatible(self, other: "FrequencyTable") -> None:
         if self.random_stream != other.random_stream:
             raise TableError(stream_mismatch(self.random_stream, other.random_stream))
-        if self.spec_id != other.spec_id:
+        if self.spec is not other.spec and self.spec_id != other.spec_id:  # (an id is a hash of the spec's JSON)
             raise TableError(
                 f"cannot merge tables of different specs ({self.spec_id} vs {other.spec_id}): "
                 "only tables of the same spec (architecture, prior, inputs, output, seed, block size, training) combine"

@@ -208,8 +208,33 @@ static Py_ssize_t merge_any(const uint8_t *a, const uint64_t *ac, Py_ssize_t na,
                             Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(0)
 static Py_ssize_t merge_8(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
                           Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(8)
+/* 16-byte keys without a branch on the (unpredictable) comparison: both keys as two big-endian
+ * words, the order as flags, the row to copy chosen by a conditional move. */
 static Py_ssize_t merge_16(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
-                           Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(16)
+                           Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) {
+    (void)kb;
+    Py_ssize_t i = 0, j = 0, n = 0;
+    while (i < na && j < nb) {
+        uint64_t x[2], y[2];
+        memcpy(x, a + i * 16, 16);
+        memcpy(y, b + j * 16, 16);
+        uint64_t xh = __builtin_bswap64(x[0]), xl = __builtin_bswap64(x[1]);
+        uint64_t yh = __builtin_bswap64(y[0]), yl = __builtin_bswap64(y[1]);
+        int lt = (xh < yh) | ((xh == yh) & (xl < yl)), gt = (xh > yh) | ((xh == yh) & (xl > yl));
+        const uint64_t *src = gt ? y : x;
+        memcpy(o + n * 16, src, 16);
+        uint64_t ca_ = ac[i], cb_ = bc[j];
+        occ[n++] = (gt ? 0 : ca_) + (lt ? 0 : cb_);
+        i += !gt;
+        j += !lt;
+    }
+    memcpy(o + n * 16, a + i * 16, (size_t)(na - i) * 16);
+    memcpy(occ + n, ac + i, (size_t)(na - i) * 8);
+    n += na - i;
+    memcpy(o + n * 16, b + j * 16, (size_t)(nb - j) * 16);
+    memcpy(occ + n, bc + j, (size_t)(nb - j) * 8);
+    return n + nb - j;
+}
 static Py_ssize_t merge_32(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
                            Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(32)
 
