@@ -142,3 +142,18 @@ def test_block_accumulator_folds_in_any_order(boolean_spec, tmp_path):
         assert acc.flush() == whole
         if path is not None:
             assert FrequencyTable.load(path) == whole
+
+
+@pytest.mark.parametrize("width", [1, 3, 8, 9, 16, 17, 32])
+def test_count_keys_equals_a_counter_of_byte_strings(width):
+    """count_keys sorts keys as big-endian 64-bit words (padded): the order must be the bytes'."""
+    from collections import Counter
+
+    from volume.table import count_keys
+
+    rng = np.random.default_rng(width)
+    keys = rng.integers(0, 3, (3000, width), dtype=np.uint8)
+    keys[::3, 0] = rng.integers(0, 256, len(keys[::3]))  # high bytes decide some orders, low ones others
+    uniq, counts = count_keys(keys)
+    want = sorted(Counter(map(bytes, keys)).items())
+    assert [bytes(k) for k in uniq] == [k for k, _ in want] and counts.tolist() == [c for _, c in want]

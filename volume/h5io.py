@@ -119,10 +119,14 @@ def content_digest(*parts) -> str:
 
     h = hashlib.sha256()
     for part in parts:
-        if isinstance(part, np.ndarray):
-            blob = f"{part.dtype.str}{part.shape}".encode() + np.ascontiguousarray(part).tobytes()
+        if isinstance(part, np.ndarray):  # hashed in place: no copy of a table's gigabyte of keys
+            head = f"{part.dtype.str}{part.shape}".encode()
+            data = np.ascontiguousarray(part)
+            h.update((len(head) + data.nbytes).to_bytes(8, "little"))
+            h.update(head)
+            h.update(memoryview(data.reshape(-1)).cast("B"))
         else:
             blob = str(part).encode()
-        h.update(len(blob).to_bytes(8, "little"))
-        h.update(blob)
+            h.update(len(blob).to_bytes(8, "little"))
+            h.update(blob)
     return h.hexdigest()

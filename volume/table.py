@@ -14,7 +14,8 @@ stream the draws came from; absent in tables of stream 1), ``n_samples``, ``libr
 and for tables of optimizer-found functions ``n_trainings`` and ``n_failed`` (trainings that did
 not reach zero error; they follow from the blocks, len(blocks) * block_size - n_samples, and are
 checked on load); datasets ``keys`` (uint8, U x key_bytes, sorted byte-wise), ``counts``
-(uint64, U), ``blocks`` (int64, sorted), each with the Fletcher-32 filter. Writes go to a
+(uint64, U; byte-shuffled and gzip-compressed above 4,096 keys), ``blocks`` (int64, sorted), each with
+the Fletcher-32 filter. Writes go to a
 temporary file in the same directory that is renamed over the target, so a reader sees the
 old table or the new one, never half.
 
@@ -59,13 +60,31 @@ def count_keys(keys: np.ndarray, counts: np.ndarray | None = None) -> tuple[np.n
         counts = np.ones(keys.shape[0], dtype=np.uint64)
     if keys.shape[0] == 0:
         return keys.reshape(0, keys.shape[1]).astype(np.uint8), np.zeros(0, dtype=np.uint64)
-    v = _void(keys)
-    order = np.argsort(v, kind="stable")
-    v = v[order]
+    keys = np.ascontiguousarray(keys, dtype=np.uint8)
+    words = _words(keys)
+    order = np.lexsort(words[::-1]) if len(words) > 1 else np.argsort(words[0], kind="stable")
+    sorted_words = [w[order] for w in words]
+    new = np.zeros(len(order), dtype=bool)
+    new[0] = True
+    for w in sorted_words:
+        new[1:] |= w[1:] != w[:-1]
+    starts = np.flatnonzero(new)
     c = np.asarray(counts, dtype=np.uint64)[order]
-    starts = np.flatnonzero(np.concatenate(([True], v[1:] != v[:-1])))
-    uniq = np.ascontiguousarray(keys, dtype=np.uint8)[order][starts]
-    return uniq, np.add.reduceat(c, starts).astype(np.uint64)
+    return keys[order][starts], np.add.reduceat(c, starts).astype(np.uint64)
+
+
+def _words(keys: np.ndarray) -> list[np.ndarray]:
+    """(U, kb) uint8 keys as ceil(kb / 8) uint64 columns whose lexicographic order is the keys'
+    byte-wise order (big-endian words, the last one padded with zero bytes): numeric sorts of
+    these are several times faster than sorting the keys as byte strings."""
+    n, kb = keys.shape
+    width = -(-kb // 8) * 8
+    if width != kb:
+        padded = np.zeros((n, width), dtype=np.uint8)
+        padded[:, :kb] = keys
+        keys = padded
+    w = keys.view(">u8")
+    return [w[:, i].astype(np.uint64) for i in range(width // 8)]
 
 
 def _package_version(name: str) -> str:

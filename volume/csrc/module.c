@@ -165,6 +165,13 @@ static PyObject *py_standard(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(ISA_NAMES[isa]);
 }
 
+/* A key's 8 bytes as a number that orders as the bytes do (memcmp order). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define BE64(x) (x)
+#else
+#define BE64(x) __builtin_bswap64(x)
+#endif
+
 /* Byte-wise order of two kb-byte keys (as memcmp), 8 bytes at a time where kb allows. */
 static inline int key_cmp(const uint8_t *a, const uint8_t *b, int kb) {
     int i = 0;
@@ -173,8 +180,8 @@ static inline int key_cmp(const uint8_t *a, const uint8_t *b, int kb) {
         memcpy(&x, a + i, 8);
         memcpy(&y, b + i, 8);
         if (x != y) {
-            x = __builtin_bswap64(x);
-            y = __builtin_bswap64(y);
+            x = BE64(x);
+            y = BE64(y);
             return x < y ? -1 : 1;
         }
     }
@@ -218,8 +225,8 @@ static Py_ssize_t merge_16(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, 
         uint64_t x[2], y[2];
         memcpy(x, a + i * 16, 16);
         memcpy(y, b + j * 16, 16);
-        uint64_t xh = __builtin_bswap64(x[0]), xl = __builtin_bswap64(x[1]);
-        uint64_t yh = __builtin_bswap64(y[0]), yl = __builtin_bswap64(y[1]);
+        uint64_t xh = BE64(x[0]), xl = BE64(x[1]);
+        uint64_t yh = BE64(y[0]), yl = BE64(y[1]);
         int lt = (xh < yh) | ((xh == yh) & (xl < yl)), gt = (xh > yh) | ((xh == yh) & (xl > yl));
         const uint64_t *src = gt ? y : x;
         memcpy(o + n * 16, src, 16);
