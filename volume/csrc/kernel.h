@@ -63,21 +63,6 @@ INLINE void mulhilo(vu a, uint32_t m, vu *hi, vu *lo) {
     *lo = a * m;
 }
 
-/* Philox4x32-10 of VW counters (c0 + lane, c1, 0, 0); rk0, rk1: the ten round keys
- * (key + r W), the same for every counter of a block, so computed once per block. */
-INLINE void philox(vu c0, uint32_t c1s, const uint32_t *rk0, const uint32_t *rk1, vu out[4]) {
-    vu c1 = (vu){0} + c1s, c2 = (vu){0}, c3 = (vu){0};
-#pragma GCC unroll 10
-    for (int r = 0; r < 10; r++) {
-        vu hi0, lo0, hi1, lo1;
-        mulhilo(c0, 0xD2511F53u, &hi0, &lo0);
-        mulhilo(c2, 0xCD9E8D57u, &hi1, &lo1);
-        vu n0 = hi1 ^ c1 ^ rk0[r], n2 = hi0 ^ c3 ^ rk1[r];
-        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
-
 INLINE vf vselect(vi mask, vf a, vf b) { /* mask ? a : b, lane by lane */
     return (vf)(((vi)a & mask) | ((vi)b & ~mask));
 }
@@ -146,8 +131,9 @@ INLINE void store_interleaved(float *out, vf v0, vf v1, vf v2, vf v3) {
     o[3] = __builtin_shuffle(a1, b1, HI_MASK);
 }
 
-/* Philox of GS (2) vectors of counters, round by round: two independent chains, so the
- * core overlaps the latency of one's multiplies with the other's work. */
+/* Philox4x32-10 of GS (2) vectors of counters (c0 + lane, c1, 0, 0), round by round: two
+ * independent chains, so the core overlaps the latency of one's multiplies with the other's
+ * work. rk0, rk1: the ten round keys (key + r W), the same for every counter of a block. */
 #define GS 2
 INLINE void philox_gs(vu c0[GS], uint32_t c1s, const uint32_t *rk0, const uint32_t *rk1, vu out[GS][4]) {
     vu c1[GS], c2[GS], c3[GS];
