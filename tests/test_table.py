@@ -97,17 +97,63 @@ def test_kclass_table():
     assert t.lookup(["21", "00"]).tolist() == [3, 3]
 
 
-def test_merge_counted_equals_counting_the_union():
-    """The linear merge used to fold blocks into a large table equals a full recount."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+@pytest.mark.parametrize("width", [3, 16, 19])  # under 8 bytes, 8-byte words, words and a tail
+def test_merge_counted_equals_counting_the_union(monkeypatch, compiled, width):
+    """The merge used to fold blocks into a large table (the extension's linear merge, and the
+    numpy fallback) equals a full recount."""
+    import volume.table as table_mod
     from volume.table import count_keys, merge_counted
 
+    if compiled:
+        assert table_mod._fused is not None, "the compiled extension is not built (python setup.py build_ext --inplace)"
+    else:
+        monkeypatch.setattr(table_mod, "_fused", None)
     rng = np.random.default_rng(3)
-    a = rng.integers(0, 4, (3000, 3), dtype=np.uint8)  # many repeats within and across the two sets
-    b = np.concatenate([rng.integers(0, 4, (500, 3), dtype=np.uint8), np.full((2, 3), 255, np.uint8)])
+    a = rng.integers(0, 4, (3000, width), dtype=np.uint8)  # repeats within and across the sets...
+    a[:, :-1] = a[0, :-1]  # ...and long equal prefixes: the order is decided by the last bytes
+    a[::7, 0] = rng.integers(0, 256, len(a[::7]))
+    b = np.concatenate([a[rng.integers(0, 3000, 400)], rng.integers(0, 4, (100, width), dtype=np.uint8),
+                        np.full((2, width), 255, np.uint8)])
     ka, ca = count_keys(a)
     kb, cb = count_keys(b)
     k, c = merge_counted(ka, ca, kb, cb)
     k2, c2 = count_keys(np.concatenate([a, b]))
     assert np.array_equal(k, k2) and np.array_equal(c, c2) and c.dtype == np.uint64
+    k, c = merge_counted(kb, cb, ka, ca)
+    assert np.array_equal(k, k2) and np.array_equal(c, c2)
     k0, c0 = merge_counted(ka[:0], ca[:0], kb, cb)
     assert np.array_equal(k0, kb) and np.array_equal(c0, cb)
+
+
+def test_block_accumulator_folds_in_any_order(boolean_spec, tmp_path):
+    """The log-structured folding of blocks gives the table of merge_all whatever the order in
+    which blocks arrive, with checkpoints (every block) or without, and the saved file equals it."""
+    from volume.runner import BlockAccumulator
+
+    rng = np.random.default_rng(5)
+    parts = [random_table(boolean_spec, b, rng, n=int(rng.integers(5, 400)), distinct=60)[0] for b in range(40)]
+    whole = FrequencyTable.merge_all(parts)
+    for order, path, every in ((range(40), None, 30.0), (rng.permutation(40), tmp_path / "t.h5", 0.0)):
+        acc = BlockAccumulator(FrequencyTable.empty(boolean_spec), path, checkpoint_seconds=every)
+        for i in order:
+            acc.add_table(parts[i])
+            assert len(acc._runs) <= 12  # the stack stays logarithmic
+        assert acc.flush() == whole
+        if path is not None:
+            assert FrequencyTable.load(path) == whole
+
+
+@pytest.mark.parametrize("width", [1, 3, 8, 9, 16, 17, 32])
+def test_count_keys_equals_a_counter_of_byte_strings(width):
+    """count_keys sorts keys as big-endian 64-bit words (padded): the order must be the bytes'."""
+    from collections import Counter
+
+    from volume.table import count_keys
+
+    rng = np.random.default_rng(width)
+    keys = rng.integers(0, 3, (3000, width), dtype=np.uint8)
+    keys[::3, 0] = rng.integers(0, 256, len(keys[::3]))  # high bytes decide some orders, low ones others
+    uniq, counts = count_keys(keys)
+    want = sorted(Counter(map(bytes, keys)).items())
+    assert [bytes(k) for k in uniq] == [k for k, _ in want] and counts.tolist() == [c for _, c in want]

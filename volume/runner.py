@@ -76,18 +76,28 @@ def missing_blocks(table: FrequencyTable, spec: ExperimentSpec, n_draws: int) ->
 class BlockAccumulator:
     """Collects counted blocks and folds them into the table, saving atomically at most
     every ``checkpoint_seconds`` (and at ``flush``). Blocks already in the table are refused.
-    A checkpoint of a large table (tens of millions of functions) takes seconds to merge and
-    save, so the interval grows to ``SAVE_DUTY`` times the last checkpoint's duration: the
-    process folding blocks spends at most about 1/SAVE_DUTY of its time on checkpoints."""
 
-    SAVE_DUTY = 10
+    Folding is log-structured: the counted blocks form a stack of sorted runs, and a new run
+    is merged with the run below it while that one holds at most ``MERGE_RATIO`` times as many
+    keys, so run sizes grow geometrically and each key takes part in O(log U) linear merges:
+    O(U log U) work over a job, where folding each block (or each checkpoint's blocks) into the
+    whole table costs O(U) every time, quadratic over a long job. A checkpoint merges the stack
+    into one table (linear: the runs' sizes are geometric) and saves it; writing a table of tens
+    of millions of functions takes seconds, so the interval grows to ``SAVE_DUTY`` times the last
+    checkpoint's duration (the process folding blocks spends at most ~1/SAVE_DUTY of its time on
+    checkpoints, and it shares the machine with the workers). Without a path nothing is saved and the stack is merged once, at ``flush``.
+    Whatever the order or grouping of the merges, the table is the multiset union of the blocks
+    (``FrequencyTable.merge``), so the result does not depend on them."""
+
+    SAVE_DUTY = 20
+    MERGE_RATIO = 2
 
     def __init__(self, table: FrequencyTable, path: str | Path | None, checkpoint_seconds: float = 30.0):
         self.table = table
         self.path = path
         self.checkpoint_seconds = checkpoint_seconds
         self._interval = checkpoint_seconds
-        self._pending: list[FrequencyTable] = []
+        self._runs: list[FrequencyTable] = [table]  # sizes decrease up the stack (roughly geometrically)
         self._last = time.monotonic()
 
     def add(self, block: int, keys: np.ndarray) -> None:
@@ -95,15 +105,21 @@ class BlockAccumulator:
 
     def add_table(self, counted: FrequencyTable) -> None:
         """Fold a table of already counted blocks (e.g. one a Ray worker counted)."""
-        self._pending.append(counted)
-        if time.monotonic() - self._last >= self._interval:
+        runs = self._runs
+        runs.append(counted)
+        while len(runs) > 1 and runs[-2].n_distinct <= self.MERGE_RATIO * runs[-1].n_distinct:
+            top = runs.pop()
+            runs[-1] = runs[-1].merge(top)
+        if self.path is not None and time.monotonic() - self._last >= self._interval:
             self.flush()
 
     def flush(self) -> FrequencyTable:
         start = time.monotonic()
-        if self._pending:
-            self.table = FrequencyTable.merge_all([self.table, *self._pending])
-            self._pending = []
+        runs = self._runs
+        while len(runs) > 1:  # smallest first: the merges cost about twice the table's size
+            top = runs.pop()
+            runs[-1] = runs[-1].merge(top)
+        self.table = runs[0]
         if self.path is not None:
             self.table.save(self.path)
         self._last = time.monotonic()

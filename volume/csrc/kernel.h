@@ -50,7 +50,8 @@ INLINE void mulhilo(vu a, uint32_t m, vu *hi, vu *lo) {
     __m512i A = (__m512i)a, Mv = _mm512_set1_epi32((int)m);
     __m512i pe = _mm512_mul_epu32(A, Mv);
     __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(A, 32), Mv);
-    *hi = (vu)_mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 32), po);
+    /* odd lanes: po's high words in place; even lanes: pe's high words, swapped down */
+    *hi = (vu)_mm512_mask_shuffle_epi32(po, (__mmask16)0x5555, pe, _MM_PERM_CDAB);
 #elif VW == 8
     __m256i A = (__m256i)a, Mv = _mm256_set1_epi32((int)m);
     __m256i pe = _mm256_mul_epu32(A, Mv);
@@ -60,21 +61,6 @@ INLINE void mulhilo(vu a, uint32_t m, vu *hi, vu *lo) {
     for (int l = 0; l < VW; l++) (*hi)[l] = (uint32_t)(((uint64_t)a[l] * m) >> 32);
 #endif
     *lo = a * m;
-}
-
-/* Philox4x32-10 of VW counters (c0 + lane, c1, 0, 0); rk0, rk1: the ten round keys
- * (key + r W), the same for every counter of a block, so computed once per block. */
-INLINE void philox(vu c0, uint32_t c1s, const uint32_t *rk0, const uint32_t *rk1, vu out[4]) {
-    vu c1 = (vu){0} + c1s, c2 = (vu){0}, c3 = (vu){0};
-#pragma GCC unroll 10
-    for (int r = 0; r < 10; r++) {
-        vu hi0, lo0, hi1, lo1;
-        mulhilo(c0, 0xD2511F53u, &hi0, &lo0);
-        mulhilo(c2, 0xCD9E8D57u, &hi1, &lo1);
-        vu n0 = hi1 ^ c1 ^ rk0[r], n2 = hi0 ^ c3 ^ rk1[r];
-        c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
-    }
-    out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
 }
 
 INLINE vf vselect(vi mask, vf a, vf b) { /* mask ? a : b, lane by lane */
@@ -145,21 +131,66 @@ INLINE void store_interleaved(float *out, vf v0, vf v1, vf v2, vf v3) {
     o[3] = __builtin_shuffle(a1, b1, HI_MASK);
 }
 
-/* The standard numbers of draw `draw` into out[0 .. 4 * VW * ceil(P / (4 VW))) (aligned). */
-static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
-    uint32_t rk0[10], rk1[10];
+/* Philox4x32-10 of GS (2) vectors of counters (c0 + lane, c1, 0, 0), round by round: two
+ * independent chains, so the core overlaps the latency of one's multiplies with the other's
+ * work. rk0, rk1: the ten round keys (key + r W), the same for every counter of a block. */
+#define GS 2
+INLINE void philox_gs(vu c0[GS], uint32_t c1s, const uint32_t *rk0, const uint32_t *rk1, vu out[GS][4]) {
+    vu c1[GS], c2[GS], c3[GS];
+    for (int s = 0; s < GS; s++) { c1[s] = (vu){0} + c1s; c2[s] = (vu){0}; c3[s] = (vu){0}; }
+#pragma GCC unroll 10
     for (int r = 0; r < 10; r++) {
-        rk0[r] = key0 + (uint32_t)r * 0x9E3779B9u;
-        rk1[r] = key1 + (uint32_t)r * 0xBB67AE85u;
+#pragma GCC unroll 2
+        for (int s = 0; s < GS; s++) {
+            vu hi0, lo0, hi1, lo1;
+            mulhilo(c0[s], 0xD2511F53u, &hi0, &lo0);
+            mulhilo(c2[s], 0xCD9E8D57u, &hi1, &lo1);
+            vu n0 = hi1 ^ c1[s] ^ rk0[r], n2 = hi0 ^ c3[s] ^ rk1[r];
+            c0[s] = n0; c1[s] = lo1; c2[s] = n2; c3[s] = lo0;
+        }
     }
+    for (int s = 0; s < GS; s++) { out[s][0] = c0[s]; out[s][1] = c1[s]; out[s][2] = c2[s]; out[s][3] = c3[s]; }
+}
+
+/* Floats of the buffer draw_standard fills for P numbers: whole steps of GS vectors of 4 VW. */
+#define PADDED(P) ((((P) + 4 * VW * GS - 1) / (4 * VW * GS)) * 4 * VW * GS)
+
+/* The generation of one draw's standard numbers in steps of GS vectors of counters. (Making
+ * the next draw's numbers a step at a time between the blocks of this draw's forward pass was
+ * tried: no faster, the generator's multiplies compete with the forward pass's FMAs.) */
+struct gen {
+    float *out;
+    int groups, g, uniform;
+    uint32_t draw, rk0[10], rk1[10];
+};
+
+INLINE void gen_init(struct gen *G, float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
+    for (int r = 0; r < 10; r++) {
+        G->rk0[r] = key0 + (uint32_t)r * 0x9E3779B9u;
+        G->rk1[r] = key1 + (uint32_t)r * 0xBB67AE85u;
+    }
+    G->out = out;
+    G->groups = (n_params + 3) / 4;
+    G->g = 0;
+    G->uniform = uniform;
+    G->draw = draw;
+}
+
+/* The next GS vectors of counters (4 GS VW numbers, in stream order); nothing when done. */
+INLINE void gen_step(struct gen *G) {
+    const int g = G->g;
+    if (g >= G->groups) return;
+    G->g = g + VW * GS;
     vu lane;
     for (int l = 0; l < VW; l++) lane[l] = (uint32_t)l;
-    int groups = (n_params + 3) / 4;
-    for (int g = 0; g < groups; g += VW) {
-        vu x[4];
-        philox(lane + (uint32_t)g, draw, rk0, rk1, x);
+    vu c0[GS], xs[GS][4];
+    for (int s = 0; s < GS; s++) c0[s] = lane + (uint32_t)(g + s * VW);
+    philox_gs(c0, G->draw, G->rk0, G->rk1, xs);
+#pragma GCC unroll 2
+    for (int s = 0; s < GS; s++) {
+        vu *x = xs[s];
         vf z[4];
-        if (uniform) {
+        if (G->uniform) {
             for (int j = 0; j < 4; j++) {
                 vi k = (vi)(x[j] >> 8);
                 z[j] = __builtin_convertvector(k + k + (1 - (1 << 24)), vf) * (float)(1.7320508075688772 / 16777216.0);
@@ -169,14 +200,21 @@ static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, 
                 vi k0 = (vi)(x[j] >> 8), k1 = (vi)(x[j + 1] >> 8);
                 vf u = __builtin_convertvector(k0 + 1, vf) * (1.0f / 16777216.0f);
                 vf r = VSQRT(-2.0f * vlog(u));
-                vf c, s;
-                vsincos2pi(k1, &c, &s);
+                vf c, sn;
+                vsincos2pi(k1, &c, &sn);
                 z[j] = r * c;
-                z[j + 1] = r * s;
+                z[j + 1] = r * sn;
             }
         }
-        store_interleaved(out + 4 * g, z[0], z[1], z[2], z[3]);
+        store_interleaved(G->out + 4 * (g + s * VW), z[0], z[1], z[2], z[3]);
     }
+}
+
+/* The standard numbers of draw `draw` into out[0 .. PADDED(P)) (aligned). */
+static void draw_standard(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1, uint32_t draw) {
+    struct gen G;
+    gen_init(&G, out, n_params, uniform, key0, key1, draw);
+    while (G.g < G.groups) gen_step(&G);
 }
 
 #ifndef CHUNK
@@ -280,7 +318,7 @@ static void layer(const float *W, int O, int K, const float *bias, const float *
 
 void KERNEL_NAME(standard)(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1,
                            int64_t start, int64_t stop) {
-    int padded = ((n_params + 4 * VW - 1) / (4 * VW)) * 4 * VW;
+    int padded = PADDED(n_params);
     float *buf = aligned_alloc(64, (size_t)padded * 4);
     for (int64_t i = start; i < stop; i++) {
         draw_standard(buf, n_params, uniform, key0, key1, (uint32_t)i);
@@ -296,7 +334,7 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
         n_params += job->dims[l + 1] * job->dims[l] + (job->biased ? job->dims[l + 1] : 0);
         if (job->dims[l + 1] > maxw) maxw = job->dims[l + 1];
     }
-    int padded = ((n_params + 4 * VW - 1) / (4 * VW)) * 4 * VW;
+    int padded = PADDED(n_params);
     float *params = aligned_alloc(64, (size_t)padded * 4);
     float *h0 = aligned_alloc(64, (size_t)maxw * CHUNK * 4), *h1 = aligned_alloc(64, (size_t)maxw * CHUNK * 4);
     float *res = aligned_alloc(64, (size_t)job->dims[L] * Mp * 4);
@@ -363,8 +401,11 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 for (int j = bits - 1; j >= 0; j--, bit++)
                     if ((labels[m] >> j) & 1) key[bit >> 3] |= (uint8_t)(0x80u >> (bit & 7));
         } else {
-            for (int m = 0; m < M; m++)
-                if (in[m] > 0.0f) key[m >> 3] |= (uint8_t)(0x80u >> (m & 7));
+            for (int m0 = 0; m0 < M; m0 += 8) { /* branch-free: the signs are random */
+                unsigned byte = 0;
+                for (int j = 0; j < 8 && m0 + j < M; j++) byte |= (unsigned)(in[m0 + j] > 0.0f) << (7 - j);
+                key[m0 >> 3] = (uint8_t)byte;
+            }
         }
     }
     free(params); free(h0); free(h1); free(res); free(labels);

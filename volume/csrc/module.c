@@ -2,7 +2,8 @@
  *
  * fcn_keys(...) writes the packed keys of draws [start, stop) of one block; standard(...)
  * the standard numbers of the random stream alone; isas() the instruction sets this CPU
- * runs, best first. The instruction set is chosen at run time (CPUID and the OS's saved
+ * runs, best first; merge_counted(...) the linear merge of two counted key sets (volume.table).
+ * The instruction set is chosen at run time (CPUID and the OS's saved
  * vector state, through __builtin_cpu_supports); isa= forces one (tests run each). The GIL
  * is released while a kernel runs. Arrays are passed as Python buffers (numpy arrays), so
  * the build needs no numpy headers.
@@ -164,9 +165,120 @@ static PyObject *py_standard(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(ISA_NAMES[isa]);
 }
 
+/* A key's 8 bytes as a number that orders as the bytes do (memcmp order). */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define BE64(x) (x)
+#else
+#define BE64(x) __builtin_bswap64(x)
+#endif
+
+/* Byte-wise order of two kb-byte keys (as memcmp), 8 bytes at a time where kb allows. */
+static inline int key_cmp(const uint8_t *a, const uint8_t *b, int kb) {
+    int i = 0;
+    for (; i + 8 <= kb; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y) {
+            x = BE64(x);
+            y = BE64(y);
+            return x < y ? -1 : 1;
+        }
+    }
+    return i < kb ? memcmp(a + i, b + i, (size_t)(kb - i)) : 0;
+}
+
+/* The merge of merge_counted below; KB > 0: a key width known at compile time (whole 8-byte
+ * words compared and copied inline), 0: any width kb. Returns the rows written. */
+#define MERGE_BODY(KB)                                                                               \
+    {                                                                                                \
+        const Py_ssize_t w = (KB) ? (KB) : kb;                                                      \
+        Py_ssize_t i = 0, j = 0, n = 0;                                                             \
+        while (i < na && j < nb) {                                                                  \
+            int c = key_cmp(a + i * w, b + j * w, (int)w);                                          \
+            const uint8_t *src = c <= 0 ? a + i * w : b + j * w;                                    \
+            uint64_t cnt = c < 0 ? ac[i] : c > 0 ? bc[j] : ac[i] + bc[j];                           \
+            memcpy(o + n * w, src, (size_t)w);                                                      \
+            occ[n++] = cnt;                                                                         \
+            i += c <= 0;                                                                            \
+            j += c >= 0;                                                                            \
+        }                                                                                           \
+        memcpy(o + n * w, a + i * w, (size_t)(na - i) * w);                                         \
+        memcpy(occ + n, ac + i, (size_t)(na - i) * 8);                                              \
+        n += na - i;                                                                                \
+        memcpy(o + n * w, b + j * w, (size_t)(nb - j) * w);                                         \
+        memcpy(occ + n, bc + j, (size_t)(nb - j) * 8);                                              \
+        return n + nb - j;                                                                          \
+    }
+
+static Py_ssize_t merge_any(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                            Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(0)
+static Py_ssize_t merge_8(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                          Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(8)
+/* 16-byte keys without a branch on the (unpredictable) comparison: both keys as two big-endian
+ * words, the order as flags, the row to copy chosen by a conditional move. */
+static Py_ssize_t merge_16(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                           Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) {
+    (void)kb;
+    Py_ssize_t i = 0, j = 0, n = 0;
+    while (i < na && j < nb) {
+        uint64_t x[2], y[2];
+        memcpy(x, a + i * 16, 16);
+        memcpy(y, b + j * 16, 16);
+        uint64_t xh = BE64(x[0]), xl = BE64(x[1]);
+        uint64_t yh = BE64(y[0]), yl = BE64(y[1]);
+        int lt = (xh < yh) | ((xh == yh) & (xl < yl)), gt = (xh > yh) | ((xh == yh) & (xl > yl));
+        const uint64_t *src = gt ? y : x;
+        memcpy(o + n * 16, src, 16);
+        uint64_t ca_ = ac[i], cb_ = bc[j];
+        occ[n++] = (gt ? 0 : ca_) + (lt ? 0 : cb_);
+        i += !gt;
+        j += !lt;
+    }
+    memcpy(o + n * 16, a + i * 16, (size_t)(na - i) * 16);
+    memcpy(occ + n, ac + i, (size_t)(na - i) * 8);
+    n += na - i;
+    memcpy(o + n * 16, b + j * 16, (size_t)(nb - j) * 16);
+    memcpy(occ + n, bc + j, (size_t)(nb - j) * 8);
+    return n + nb - j;
+}
+static Py_ssize_t merge_32(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
+                           Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(32)
+
+/* merge_counted(out_keys, out_counts, keys_a, counts_a, keys_b, counts_b, kb) -> n: the union of
+ * two sorted unique key sets (rows of kb bytes) with summed counts, written to the first n rows
+ * of the outputs (room for |a| + |b| rows): one linear merge. */
+static PyObject *py_merge_counted(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer ok, oc, ka, ca, kb_, cb;
+    int kb;
+    if (!PyArg_ParseTuple(args, "w*w*y*y*y*y*i", &ok, &oc, &ka, &ca, &kb_, &cb, &kb)) return NULL;
+    Py_ssize_t na = kb > 0 ? ka.len / kb : 0, nb = kb > 0 ? kb_.len / kb : 0, n = 0;
+    int bad = kb < 1 || ka.len != na * kb || kb_.len != nb * kb || ca.len != na * 8 || cb.len != nb * 8 ||
+              ok.len < (na + nb) * kb || oc.len < (na + nb) * 8;
+    if (!bad) {
+        const uint8_t *a = ka.buf, *b = kb_.buf;
+        const uint64_t *ac = ca.buf, *bc = cb.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (kb == 16) n = merge_16(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
+        else if (kb == 8) n = merge_8(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
+        else if (kb == 32) n = merge_32(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
+        else n = merge_any(a, ac, na, b, bc, nb, ok.buf, oc.buf, kb);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&ok); PyBuffer_Release(&oc); PyBuffer_Release(&ka);
+    PyBuffer_Release(&ca); PyBuffer_Release(&kb_); PyBuffer_Release(&cb);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "merge_counted: buffer sizes do not match the key width");
+        return NULL;
+    }
+    return PyLong_FromSsize_t(n);
+}
+
 static PyMethodDef METHODS[] = {
     {"fcn_keys", py_fcn_keys, METH_VARARGS, "Packed keys of draws [start, stop) of an FCN block."},
     {"standard", py_standard, METH_VARARGS, "Standard numbers of draws [start, stop) of the random stream."},
+    {"merge_counted", py_merge_counted, METH_VARARGS, "Linear merge of two sorted unique key sets with counts."},
     {"isas", py_isas, METH_NOARGS, "Instruction sets this CPU runs, best first."},
     {NULL, NULL, 0, NULL}};
 
