@@ -99,7 +99,7 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
         log(f"[{system.name}] prior table: {table.n_samples} samples, {table.n_distinct} functions "
             f"({time.perf_counter() - t0:.1f} s)")
     volume_fns = {m: make_volume_fn(m, spec, table=table, importance_samples=system.importance_samples,
-                                    seed=config.rescale.seed) for m in system.volume}
+                                    seed=config.rescale.seed, nested=system.nested) for m in system.volume}
     if system.volume_train_test:  # ln P of the labels on S and T only (attack inputs free): the GP marginal
         from volume.experiments.volume_fn import gp_log_p_subset
         from volume.gp.kernels import spec_kernel
