@@ -154,8 +154,10 @@ def test_attack_experiment_with_the_finite_network_volume(tmp_path):
         lp, se, counted = float(r["log_prior_nested"]), float(r["log_prior_nested_se"]), float(r["log_prior_table"])
         assert 0 < se < 2 and lp == float(r["log_prior_nested_rescaled"])
         assert abs(lp - counted) < 4 * math.hypot(se, float(r["log_prior_table_se"])) + 0.5, (lp, se, counted)
+        mean, sd = float(r["log_prior_nested_replica_mean"]), float(r["log_prior_nested_replica_sd"])
+        assert mean + sd ** 2 / 2 == pytest.approx(lp) and sd > 0  # the combination rule of volume/nested.py
     corr = list(csv.DictReader(open(tmp_path / "correlations.csv")))
-    assert any(c["measure"] == "log_prior_nested" for c in corr)
+    assert {"log_prior_nested", "log_prior_nested_replica_mean"} <= {c["measure"] for c in corr}
     for bad, msg in (({"particles": 0}, "particles"), ({"colour": 1}, "nested"), (3, "nested")):
         with pytest.raises(VolumeError, match=msg):
             FlatnessConfig.from_dict({"systems": [{**d["systems"][0], "nested": bad}]})

@@ -53,6 +53,7 @@ def measure_columns(config: FlatnessConfig) -> list[str]:
     """The quantities correlated with the test error."""
     used = [m for m in VOLUME_METHODS if any(m in s.volume for s in config.systems)]
     used += ["gp_st"] if any(s.volume_train_test for s in config.systems) else []
+    used += ["nested_replica_mean"] if "nested" in used else []  # not blown up by the spread (volume_fn.py)
     return [f"log_prior_{m}" for m in used] + list(MEASURE_NAMES) + local_energy_names(config.measures)
 
 
@@ -123,6 +124,8 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
             row[f"log_prior_{method}{suffix}"] = v.log_p if v else math.nan
             row[f"log_prior_{method}_se{suffix}"] = v.stderr if v and v.stderr is not None else math.nan
             row[f"log_prior_{method}_method{suffix}"] = v.method if v else ""
+            for k, x in ((v.detail or {}) if v else {}).items():
+                row[f"log_prior_{method}_{k}{suffix}"] = x
             if method == "table" and not suffix:
                 row["in_table"] = bool(v and v.method == "table")
 

@@ -45,6 +45,7 @@ class Volume:
     log_p: float
     stderr: float | None
     method: str
+    detail: dict | None = None  # estimator diagnostics worth a column (nested: the replicas' mean and sd)
 
 
 VolumeFn = Callable[[ExperimentSpec, np.ndarray], Volume]
@@ -121,7 +122,9 @@ def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable |
 
         def by_nested(s: ExperimentSpec, labels: np.ndarray) -> Volume:
             log_p, se = nested_volume(labels)
-            return Volume(log_p, None if not math.isfinite(se) else se, "nested")
+            mean, sd = nested_volume.replica_stats(labels)
+            return Volume(log_p, None if not math.isfinite(se) else se, "nested",
+                          {"replica_mean": mean, "replica_sd": sd})
 
         return by_nested
     rare = _estimator(spec, importance_samples, seed)
