@@ -25,7 +25,8 @@ projecting the functions onto S and T; in the GP by taking the sub-kernel of S a
   function's row names the method that gave it.
 * Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
   consistent with S (counted by rejection, projected onto S and T) when there are at least
-  ``min_consistent`` of them; the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
+  ``min_consistent`` of them (below that, P(f|S) is estimated for every function, the counts
+  recorded in ``n_prior``); the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
 * Agreement: Pearson r of log10 P_opt against log10 P(f|S) over the functions found (all, and the
   counted ones alone), the P_opt-weighted mean |log10 P_opt / P(f|S)|, the optimizer mass on
   functions within a factor 10 of Bayes, the Bayesian mass of the functions found, the total
@@ -189,6 +190,7 @@ def run_size(m: int, config: SgdBayesConfig, post, inputs, target: np.ndarray, K
     if any(not np.array_equal(np.frombuffer(f, np.uint8)[pos_s], target[train]) for f in opt_e):
         raise VolumeError("an optimizer-found function disagrees with S: the training bookkeeping is wrong")
     prior_e, n_u, n_draws = post.counts, post.n_consistent, post.n_draws
+    use_counts = n_u >= config.min_consistent  # a handful of fitting draws give no usable P(f|S) nor error bar
     gp = gp_posterior(K, train, target[train], target)
     log_pu, log_pu_se = post.log_p_u()
     gp_pu = gp_log_p_subset(K, train, target[train], importance_samples=config.importance_samples,
@@ -218,11 +220,12 @@ def run_size(m: int, config: SgdBayesConfig, post, inputs, target: np.ndarray, K
         lab_e = np.frombuffer(f, np.uint8)
         n_f = prior_e.get(f, 0)
         err = float(np.mean(lab_e[pos_t] != target[test]))
+        counted_here = use_counts and n_f > 0
         row = {"train_size": m, "function": labels_to_hex(lab_e, opt.classes), "error": err, "n_opt": n_opt,
                "p_opt": n_opt / n_conv, "log_p_opt": math.log(n_opt / n_conv),
                "log_p_opt_se": log_count_se(n_opt, n_conv), "n_prior": n_f}
-        v, est, est_se, est_method = gp_bayes(lab_e) if (n_f == 0 or config.estimate_counted) else (None,) * 4
-        if n_f > 0:
+        v, est, est_se, est_method = gp_bayes(lab_e) if (not counted_here or config.estimate_counted) else (None,) * 4
+        if counted_here:
             row.update(log_prior=math.log(n_f / n_draws), log_prior_method="counted",
                        log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=log_count_se(n_f, n_u), method="counted")
         else:
