@@ -18,6 +18,11 @@ inputs outside S and the largest attack set) and an attack pool (the rest); for 
 the first a inputs of a seeded permutation of the pool (``attack_seed``) join the training set
 with their target labels flipped, so the attack sets are nested. Test errors are on T only.
 
+A system's ``volume`` lists the estimators of ln P(f) (:mod:`volume.experiments.volume_fn`);
+with ``'nested'`` (the finite network's volume) the system's ``nested`` table sets fields of
+:class:`volume.nested.NestedSettings`, e.g. ``nested = {particles = 40, replicas = 4}`` (default
+:data:`volume.experiments.volumes.NESTED_SETTINGS`).
+
 A system's ``spec`` is a path to a spec file (relative to the config file) or an inline
 table; a relative ``inputs.path`` is taken relative to the config file too. Unknown or
 invalid fields raise :class:`volume.errors.VolumeError` naming the field.
