@@ -127,3 +127,37 @@ def test_gp_subset_is_the_marginal():
     # too few effective importance samples: the EP value is kept and flagged, without an error bar
     few = gp_log_p_subset(K, np.arange(128), y, importance_samples=5)
     assert (few.method, few.stderr, few.log_p) == ("ep(is-ess<50)", None, allv.log_p)
+
+
+def test_attack_experiment_with_the_finite_network_volume(tmp_path):
+    """volume = 'nested' in the attack-set experiment on a 4-input system: every network's
+    ln P(f) by nested sampling carries its standard error, is unchanged by alpha-rescaling, and
+    agrees with the count of a prior table of the same spec (the functions are common there)."""
+    from volume.experiments import flatness_vs_volume
+
+    spec = {"name": "boolean4", "seed": 0, "block_size": 4096,
+            "architecture": {"kind": "fcn", "hidden": [16], "activation": "relu"},
+            "prior": {"sigma_w": 1.0, "sigma_b": 0.0}, "inputs": {"kind": "boolean", "n": 4, "encoding": "01"}}
+    d = {"name": "attack-nested-tiny", "measures": {"hutchinson_samples": 2, "sharpness_steps": 1,
+                                                   "local_energy_sigmas": [0.1], "local_energy_draws": 4},
+         "systems": [{"name": "b4", "spec": spec, "target": "majority", "train_size": 4, "test_size": 8,
+                      "attack_sizes": [0, 2], "volume": ["nested", "table"], "prior_blocks": 16,
+                      "nested": {"particles": 30, "replicas": 3},
+                      "runs": [{"optimizer": "adam", "lr": 0.02, "batch_size": 4, "repeats": 2}]}]}
+    config = FlatnessConfig.from_dict(d)
+    assert config.systems[0].nested == {"particles": 30, "replicas": 3}
+    flatness_vs_volume.run(config, tmp_path, log=lambda s: None)
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == 4
+    for r in rows:
+        assert r["log_prior_nested_method"] == "nested" and r["log_prior_table_method"] == "table"
+        lp, se, counted = float(r["log_prior_nested"]), float(r["log_prior_nested_se"]), float(r["log_prior_table"])
+        assert 0 < se < 2 and lp == float(r["log_prior_nested_rescaled"])
+        assert abs(lp - counted) < 4 * math.hypot(se, float(r["log_prior_table_se"])) + 0.5, (lp, se, counted)
+        mean, sd = float(r["log_prior_nested_replica_mean"]), float(r["log_prior_nested_replica_sd"])
+        assert mean + sd ** 2 / 2 == pytest.approx(lp) and sd > 0  # the combination rule of volume/nested.py
+    corr = list(csv.DictReader(open(tmp_path / "correlations.csv")))
+    assert {"log_prior_nested", "log_prior_nested_replica_mean"} <= {c["measure"] for c in corr}
+    for bad, msg in (({"particles": 0}, "particles"), ({"colour": 1}, "nested"), (3, "nested")):
+        with pytest.raises(VolumeError, match=msg):
+            FlatnessConfig.from_dict({"systems": [{**d["systems"][0], "nested": bad}]})

@@ -67,7 +67,7 @@ def test_small_sgd_vs_bayes_against_direct_counts(tmp_path):
     n_conv = sum(found.values())
     assert (size["n_converged"], size["n_failed"], size["n_consistent_prior"]) == (n_conv, failed, n_u)
     assert size["trainings"] == config.trainings and n_u >= config.min_consistent
-    assert size["log_p_u_table"] == pytest.approx(math.log(n_u / (config.prior_blocks * config.spec.block_size)))
+    assert size["log_p_u_counted"] == pytest.approx(math.log(n_u / (config.prior_blocks * config.spec.block_size)))
     mine = {r["function"]: r for r in rows if int(r["train_size"]) == m}
     assert set(mine) == set(found)
     counted = 0
@@ -76,7 +76,7 @@ def test_small_sgd_vs_bayes_against_direct_counts(tmp_path):
         assert int(r["n_prior"]) == prior_counts.get(f, 0)
         if f in prior_counts:  # both sides counted: P(f|S) = n_f / n_U exactly
             counted += 1
-            assert r["method"] == "table"
+            assert r["method"] == "counted"
             assert float(r["log_p_bayes"]) == pytest.approx(math.log(prior_counts[f] / n_u), abs=1e-12)
             se = math.sqrt(1 / prior_counts[f] - 1 / n_u)
             assert float(r["log_p_bayes_se"]) == pytest.approx(se)
@@ -98,11 +98,21 @@ def test_small_sgd_vs_bayes_against_direct_counts(tmp_path):
         assert float(e["p_opt"]) == pytest.approx(by_err_opt.get(err, 0) / n_conv)
         assert float(e["p_bayes"]) == pytest.approx(by_err_bayes.get(err, 0) / n_u)
     assert size["expected_error_opt"] == pytest.approx(sum(e * c for e, c in by_err_opt.items()) / n_conv)
-    assert size["expected_error_bayes_table"] == pytest.approx(sum(e * c for e, c in by_err_bayes.items()) / n_u)
+    assert size["expected_error_bayes_counted"] == pytest.approx(sum(e * c for e, c in by_err_bayes.items()) / n_u)
+    # the counts of the first blocks were checked against the prior table of the same draws
+    check = summary["check_against_table"]
+    assert check["passed"] and check["draws"] == config.check_blocks * config.spec.block_size
+    assert 0 < check[f"n_consistent_{m}"] <= n_u
+    assert summary["prior_sampling"]["draws"] == config.prior_blocks * config.spec.block_size
+    # the GP's estimate of the counted functions' P(f|S), next to the count
+    est = [(float(r["log_p_bayes"]), float(r["log_p_bayes_est"])) for r in mine.values() if r["method"] == "counted"]
+    assert all(b < 0 for _, b in est)
+    assert size["agreement"]["mean_abs_ln_gp_minus_counted"] == pytest.approx(np.mean([abs(a - b) for a, b in est]))
     # numbers in range, one plot per size, a report naming its figures and config
     for s in summary["sizes"]:
         a = s["agreement"]
         assert 0 <= a["opt_mass_within_10x_all"] <= 1 and -1 <= a["pearson_log10_all"] <= 1
+        assert 0 <= a["fraction_counted_within_2se"] <= 1
         assert s["log_p_u_gp"] < 0 and 0 <= s["expected_error_bayes_gp"] <= 1
         assert (out / f"sgd_vs_bayes_{s['train_size']}.png").stat().st_size > 10_000
     report = (out / "report.md").read_text()
@@ -116,7 +126,9 @@ def test_bad_sgd_vs_bayes_configs(tmp_path):
     SgdBayesConfig.from_dict(base)
     for change, field in (({"train_sizes": [200]}, "train_sizes"), ({"volume": "table"}, "volume"),
                           ({"training": {"optimizer": "lbfgs"}}, "training.optimizer"),
-                          ({"importance_samples": 1}, "importance_samples"), ({"colour": 1}, "colour")):
+                          ({"importance_samples": 1}, "importance_samples"), ({"colour": 1}, "colour"),
+                          ({"check_blocks": 20, "prior_blocks": 16}, "check_blocks"),
+                          ({"estimate_counted": 1}, "estimate_counted")):
         with pytest.raises(VolumeError, match=field):
             SgdBayesConfig.from_dict({**base, **change})
     assert main(["experiment", "sgd-vs-bayes", str(tmp_path / "missing.toml")]) == 2

@@ -18,6 +18,11 @@ inputs outside S and the largest attack set) and an attack pool (the rest); for 
 the first a inputs of a seeded permutation of the pool (``attack_seed``) join the training set
 with their target labels flipped, so the attack sets are nested. Test errors are on T only.
 
+A system's ``volume`` lists the estimators of ln P(f) (:mod:`volume.experiments.volume_fn`);
+with ``'nested'`` (the finite network's volume) the system's ``nested`` table sets fields of
+:class:`volume.nested.NestedSettings`, e.g. ``nested = {particles = 40, replicas = 4}`` (default
+:data:`volume.experiments.volumes.NESTED_SETTINGS`).
+
 A system's ``spec`` is a path to a spec file (relative to the config file) or an inline
 table; a relative ``inputs.path`` is taken relative to the config file too. Unknown or
 invalid fields raise :class:`volume.errors.VolumeError` naming the field.
@@ -199,6 +204,7 @@ class System:
     attack_seed: int = 0
     importance_samples: int = 0  # GP volume: importance-sampling correction with this many samples
     volume_train_test: bool = False  # also the GP ln P of the labels on S and T alone (log_prior_gp_st)
+    nested: dict = field(default_factory=dict)  # NestedSettings fields for volume 'nested' (e.g. particles, replicas)
 
     @property
     def n_test(self) -> int:
@@ -272,6 +278,16 @@ def _system(i: int, d: Any, base: Path) -> System:
     imp = d.get("importance_samples", 0)
     if isinstance(imp, bool) or not isinstance(imp, int) or imp < 0:
         raise _err(f"{path}.importance_samples", imp, "an integer >= 0")
+    nested = d.get("nested", {})
+    if not isinstance(nested, dict):
+        raise _err(f"{path}.nested", nested, "a table of nested-sampling settings, e.g. {particles = 40, replicas = 4}")
+    try:
+        from volume.nested import NestedSettings
+        NestedSettings(**nested)
+    except TypeError as e:
+        raise _err(f"{path}.nested", nested, f"fields of volume.nested.NestedSettings ({e})") from None
+    except VolumeError as e:
+        raise VolumeError(f"{path}.nested: {e}") from None
     runs = d.get("runs", [])
     if not isinstance(runs, list) or not runs:
         raise _err(f"{path}.runs", runs, "give at least one [[systems.runs]] table")
@@ -280,4 +296,5 @@ def _system(i: int, d: Any, base: Path) -> System:
                   prior_blocks=int(d.get("prior_blocks", 16)), test_size=test_size,
                   attack_sizes=tuple(sorted(attack)), attack_seed=int(d.get("attack_seed", 0)),
                   importance_samples=imp, volume_train_test=bool(d.get("volume_train_test", False)),
+                  nested=dict(nested),
                   runs=tuple(Run.from_dict(f"{path}.runs[{j}]", r) for j, r in enumerate(runs)))

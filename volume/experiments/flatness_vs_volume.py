@@ -53,6 +53,7 @@ def measure_columns(config: FlatnessConfig) -> list[str]:
     """The quantities correlated with the test error."""
     used = [m for m in VOLUME_METHODS if any(m in s.volume for s in config.systems)]
     used += ["gp_st"] if any(s.volume_train_test for s in config.systems) else []
+    used += ["nested_replica_mean"] if "nested" in used else []  # not blown up by the spread (volume_fn.py)
     return [f"log_prior_{m}" for m in used] + list(MEASURE_NAMES) + local_energy_names(config.measures)
 
 
@@ -99,7 +100,7 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
         log(f"[{system.name}] prior table: {table.n_samples} samples, {table.n_distinct} functions "
             f"({time.perf_counter() - t0:.1f} s)")
     volume_fns = {m: make_volume_fn(m, spec, table=table, importance_samples=system.importance_samples,
-                                    seed=config.rescale.seed) for m in system.volume}
+                                    seed=config.rescale.seed, nested=system.nested) for m in system.volume}
     if system.volume_train_test:  # ln P of the labels on S and T only (attack inputs free): the GP marginal
         from volume.experiments.volume_fn import gp_log_p_subset
         from volume.gp.kernels import spec_kernel
@@ -123,6 +124,8 @@ def run_system(k: int, system: System, config: FlatnessConfig, log: Callable[[st
             row[f"log_prior_{method}{suffix}"] = v.log_p if v else math.nan
             row[f"log_prior_{method}_se{suffix}"] = v.stderr if v and v.stderr is not None else math.nan
             row[f"log_prior_{method}_method{suffix}"] = v.method if v else ""
+            for k, x in ((v.detail or {}) if v else {}).items():
+                row[f"log_prior_{method}_{k}{suffix}"] = x
             if method == "table" and not suffix:
                 row["in_table"] = bool(v and v.method == "table")
 

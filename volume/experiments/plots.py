@@ -82,7 +82,7 @@ def plot_sgd_vs_bayes(rows: list[dict], err_rows: list[dict], summary: dict, pat
     vmax = max([r["error"] for r in rows] + [1e-9])
     sc = None
     for counted, marker_kw in ((True, {}), (False, {"facecolors": "none"})):
-        sub = [r for r in rows if (r["method"] == "table") == counted and np.isfinite(r["log_p_bayes"])]
+        sub = [r for r in rows if (r["method"] == "counted") == counted and np.isfinite(r["log_p_bayes"])]
         if not sub:
             continue
         x = np.array([r["log_p_bayes"] for r in sub]) / ln10
@@ -94,7 +94,7 @@ def plot_sgd_vs_bayes(rows: list[dict], err_rows: list[dict], summary: dict, pat
         e = np.array([r["error"] for r in sub])
         if counted:
             sc = ax.scatter(10 ** x, 10 ** y, c=e, cmap="viridis", vmin=0, vmax=vmax, s=18, zorder=2,
-                            label="P(f|S) counted")
+                            label="P(f|S) counted (rejection)")
         else:
             sc2 = ax.scatter(10 ** x, 10 ** y, c=e, cmap="viridis", vmin=0, vmax=vmax, s=18, marker="D", zorder=2,
                              label="P(f|S) estimated (GP)")

@@ -5,27 +5,34 @@ For a training set S (``train_size`` inputs drawn with ``split_seed``, labelled 
 and a test set T (``test_size`` of the other inputs, default all of them), a function is its
 labels on S and T: with a small T functions repeat among a few hundred trainings, as in
 Mingard et al.'s experiments, and both sides are marginals over the other inputs (counted by
-projecting the tables' functions onto S and T; in the GP by taking the sub-kernel of S and T).
+projecting the functions onto S and T; in the GP by taking the sub-kernel of S and T).
 
 * P_opt(f|S): ``trainings`` networks, each a prior draw trained to zero error on S
   (:class:`volume.train.TrainingRun`, blocks of ``training_block_size``). P_opt(f|S) = n_f / n_conv
   over the n_conv trainings that converged; ln P_opt has standard error sqrt(1/n_f - 1/n_conv)
   (multinomial, delta method). Trainings that did not reach zero error are counted and reported
   (``n_failed``), never dropped silently; the optimizer table of each S is saved as HDF5.
-* P(f|S) = P(f) / P(U) (Bayes with the zero-error likelihood). Where the prior table (``prior_blocks``
-  blocks of the spec) holds f: counted, n_f / n_U over the n_U prior draws consistent with S,
-  standard error sqrt(1/n_f - 1/n_U). Where it does not: ln P(f) from the injectable estimator
+* P(f|S) = P(f) / P(U) (Bayes with the zero-error likelihood), counted by rejection
+  (:mod:`volume.posterior_sampling`): over ``prior_blocks`` blocks of prior draws, the n_U that
+  fit S, n_f of which compute f on S and T; P(f|S) = n_f / n_U, standard error
+  sqrt(1/n_f - 1/n_U). One pass over the draws serves every training-set size; only the counts
+  of the draws that fit S are kept. With ``check_blocks`` the counts of the first blocks are
+  checked against the prior table of the same draws (every function and count). Where no
+  fitting draw computes f: ln P(f) from the injectable estimator
   (:func:`volume.experiments.volume_fn.make_volume_fn`, method ``volume``) minus ln P(U) from the
   same GP (:func:`volume.experiments.volume_fn.gp_log_p_subset`), so the ratio is taken within one
   estimator (both importance-corrected, or both plain EP when f's correction failed). Each
   function's row names the method that gave it.
 * Error distributions: P_opt(eps) over the optimizer's functions; P_B(eps) over the prior draws
-  consistent with S (counted, from the prior table projected onto S and T) when there are at least
-  ``min_consistent`` of them; the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
+  consistent with S (counted by rejection, projected onto S and T) when there are at least
+  ``min_consistent`` of them (below that, P(f|S) is estimated for every function, the counts
+  recorded in ``n_prior``); the GP's Bayesian expected error (:func:`volume.gp.posterior.gp_posterior`).
 * Agreement: Pearson r of log10 P_opt against log10 P(f|S) over the functions found (all, and the
   counted ones alone), the P_opt-weighted mean |log10 P_opt / P(f|S)|, the optimizer mass on
-  functions within a factor 10 of Bayes, the Bayesian mass of the functions found, and the total
-  variation distance between the two error distributions.
+  functions within a factor 10 of Bayes, the Bayesian mass of the functions found, the total
+  variation distance between the two error distributions, the fraction of the functions counted
+  on both sides whose ln P_opt - ln P(f|S) is within 2 combined standard errors of 0, and (with
+  ``estimate_counted``) the mean |ln P(f|S)| difference of the GP estimate from the count.
 
 Outputs: ``functions.csv``, ``errors.csv``, ``opt_<m>.h5``, ``sgd_vs_bayes_<m>.png``,
 ``summary.json`` (strict JSON) and ``report.md``.
@@ -50,7 +57,8 @@ from volume.experiments.volume_fn import VOLUME_METHODS, gp_log_p_subset, log_co
 from volume.spec import ExperimentSpec
 
 FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks", "volume", "importance_samples",
-          "training", "trainings", "training_block_size", "min_consistent", "threads", "test_size")
+          "training", "trainings", "training_block_size", "min_consistent", "threads", "test_size",
+          "check_blocks", "estimate_counted")
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,14 @@ class SgdBayesConfig(TomlConfig):
     run: Run  # optimizer settings; run.repeats = trainings
     split_seed: int = 0
     prior_blocks: int = 16
-    volume: str = "gp"  # estimator for functions the prior table does not hold
+    volume: str = "gp"  # estimator for functions no prior draw that fits S computes
     importance_samples: int = 0
     test_size: int | None = None  # compare functions on S and this many test inputs (default: all the rest)
     training_block_size: int = 64
     min_consistent: int = 100  # counted P_B(eps) needs this many consistent prior draws
     threads: int = 1
+    check_blocks: int = 0  # check the counts of the first blocks against the prior table of the same draws
+    estimate_counted: bool = False  # also the GP estimate of the counted functions' P(f|S) (a check of the GP)
     source: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -87,10 +97,16 @@ class SgdBayesConfig(TomlConfig):
             raise _err("train_sizes", sizes, f"a list of distinct integers in 2..{spec.n_inputs - 1}")
         volume = d.get("volume", "gp")
         if volume not in VOLUME_METHODS or volume == "table":
-            raise _err("volume", volume, "the estimator for functions the table lacks: 'gp' (or 'auto')")
+            raise _err("volume", volume, "the estimator for functions no fitting prior draw computes: 'gp' (or 'auto'), "
+                       "or 'nested' (functions on all inputs only)")
         for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads", "test_size"):
             if name in d:
                 _positive(name, d[name])
+        check = d.get("check_blocks", 0)
+        if isinstance(check, bool) or not isinstance(check, int) or not 0 <= check <= d.get("prior_blocks", 16):
+            raise _err("check_blocks", check, "0 (no check) or a number of blocks <= prior_blocks")
+        if not isinstance(d.get("estimate_counted", False), bool):
+            raise _err("estimate_counted", d["estimate_counted"], "true or false")
         imp = d.get("importance_samples", 0)
         if isinstance(imp, bool) or not isinstance(imp, int) or imp < 0 or imp == 1:
             raise _err("importance_samples", imp, "0 (none) or an integer >= 2")
@@ -102,7 +118,8 @@ class SgdBayesConfig(TomlConfig):
                    train_sizes=tuple(sizes), run=run, split_seed=int(d.get("split_seed", 0)),
                    prior_blocks=int(d.get("prior_blocks", 16)), volume=volume, importance_samples=imp,
                    training_block_size=int(d.get("training_block_size", 64)), test_size=d.get("test_size"),
-                   min_consistent=int(d.get("min_consistent", 100)), threads=int(d.get("threads", 1)), source=d)
+                   min_consistent=int(d.get("min_consistent", 100)), threads=int(d.get("threads", 1)),
+                   check_blocks=check, estimate_counted=bool(d.get("estimate_counted", False)), source=d)
 
 
 def optimizer_functions(config: SgdBayesConfig, inputs, train_idx: np.ndarray):
@@ -141,19 +158,26 @@ def project(table, indices: np.ndarray, keep=None, chunk: int = 1 << 16) -> dict
     return out
 
 
-def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, K, volume_fn,
+def split(config: SgdBayesConfig, m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(S, T, E = S and T sorted) for training-set size m on n inputs."""
+    train = split_indices(n, m, config.split_seed)
+    rest = np.setdiff1d(np.arange(n), train)
+    test = rest if config.test_size is None else np.sort(
+        np.random.default_rng([config.split_seed, m]).choice(rest, size=min(config.test_size, rest.size), replace=False))
+    return train, test, np.sort(np.concatenate([train, test]))
+
+
+def run_size(m: int, config: SgdBayesConfig, post, inputs, target: np.ndarray, K, volume_fn,
              out: Path, log: Callable[[str], None]) -> tuple[list[dict], list[dict], dict]:
-    """Function rows, error rows and the summary of one training-set size m (module docstring)."""
+    """Function rows, error rows and the summary of one training-set size m (module docstring);
+    ``post`` is the :class:`volume.posterior_sampling.PosteriorCounts` of this S."""
     from volume.gp.posterior import gp_posterior
     from volume.keys import labels_to_hex
 
     spec = config.spec
     n = inputs.n_inputs
-    train = split_indices(n, m, config.split_seed)
-    rest = np.setdiff1d(np.arange(n), train)
-    test = rest if config.test_size is None else np.sort(
-        np.random.default_rng([config.split_seed, m]).choice(rest, size=min(config.test_size, rest.size), replace=False))
-    ev = np.sort(np.concatenate([train, test]))  # the functions compared are the labels on S and T
+    train, test, ev = split(config, m, n)
+    assert np.array_equal(ev, post.condition.evaluate)
     pos_s, pos_t = np.searchsorted(ev, train), np.searchsorted(ev, test)
     full = ev.size == n
     t0 = time.perf_counter()
@@ -165,28 +189,19 @@ def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, 
     opt_e = project(opt, ev)
     if any(not np.array_equal(np.frombuffer(f, np.uint8)[pos_s], target[train]) for f in opt_e):
         raise VolumeError("an optimizer-found function disagrees with S: the training bookkeeping is wrong")
-    prior_e = project(prior, ev, keep=lambda lab: np.all(lab[:, train] == target[None, train], axis=1))
-    n_u = sum(prior_e.values())
+    prior_e, n_u, n_draws = post.counts, post.n_consistent, post.n_draws
+    use_counts = n_u >= config.min_consistent  # a handful of fitting draws give no usable P(f|S) nor error bar
     gp = gp_posterior(K, train, target[train], target)
-    if n_u > 0:
-        log_pu, log_pu_se, pu_method = math.log(n_u / prior.n_samples), log_count_se(n_u, prior.n_samples), "table"
-    else:
-        log_pu, log_pu_se, pu_method = math.nan, math.nan, "none"
+    log_pu, log_pu_se = post.log_p_u()
     gp_pu = gp_log_p_subset(K, train, target[train], importance_samples=config.importance_samples,
                             seed=config.split_seed)
     gp_pu_ep = gp_log_p_subset(K, train, target[train]) if gp_pu.method == "ep+is" else gp_pu
-    rows = []
-    for f, n_opt in sorted(opt_e.items(), key=lambda kv: -kv[1]):
-        lab_e = np.frombuffer(f, np.uint8)
-        n_f = prior_e.get(f, 0)
-        err = float(np.mean(lab_e[pos_t] != target[test]))
-        row = {"train_size": m, "function": labels_to_hex(lab_e, opt.classes), "error": err, "n_opt": n_opt,
-               "p_opt": n_opt / n_conv, "log_p_opt": math.log(n_opt / n_conv),
-               "log_p_opt_se": log_count_se(n_opt, n_conv), "n_prior": n_f}
-        if n_f > 0:
-            row.update(log_prior=math.log(n_f / prior.n_samples), log_prior_method="table",
-                       log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=log_count_se(n_f, n_u), method="table")
-        else:
+    gp_cache: dict[bytes, Any] = {}
+
+    def gp_bayes(lab_e: np.ndarray):
+        """The GP's ln P(f) of f's labels on E and its ln P(f|S), with the method and error."""
+        key = lab_e.tobytes()
+        if key not in gp_cache:
             if full:
                 lab = np.empty(n, np.uint8)
                 lab[ev] = lab_e
@@ -195,11 +210,31 @@ def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, 
                 v = gp_log_p_subset(K, ev, lab_e, importance_samples=config.importance_samples, seed=config.split_seed)
             pu = gp_pu if v.method == "ep+is" else gp_pu_ep  # both corrected, or both plain EP
             se = [x for x in (v.stderr, pu.stderr) if x is not None]
-            row.update(log_prior=v.log_p, log_prior_method=v.method, log_p_bayes=v.log_p - pu.log_p,
-                       log_p_bayes_se=math.sqrt(sum(x * x for x in se)) if se and v.stderr is not None else math.nan,
-                       method=f"{v.method}/{pu.method}")
+            gp_cache[key] = (v, v.log_p - pu.log_p,
+                             math.sqrt(sum(x * x for x in se)) if se and v.stderr is not None else math.nan,
+                             f"{v.method}/{pu.method}")
+        return gp_cache[key]
+
+    rows = []
+    for f, n_opt in sorted(opt_e.items(), key=lambda kv: -kv[1]):
+        lab_e = np.frombuffer(f, np.uint8)
+        n_f = prior_e.get(f, 0)
+        err = float(np.mean(lab_e[pos_t] != target[test]))
+        counted_here = use_counts and n_f > 0
+        row = {"train_size": m, "function": labels_to_hex(lab_e, opt.classes), "error": err, "n_opt": n_opt,
+               "p_opt": n_opt / n_conv, "log_p_opt": math.log(n_opt / n_conv),
+               "log_p_opt_se": log_count_se(n_opt, n_conv), "n_prior": n_f}
+        v, est, est_se, est_method = gp_bayes(lab_e) if (not counted_here or config.estimate_counted) else (None,) * 4
+        if counted_here:
+            row.update(log_prior=math.log(n_f / n_draws), log_prior_method="counted",
+                       log_p_bayes=math.log(n_f / n_u), log_p_bayes_se=log_count_se(n_f, n_u), method="counted")
+        else:
+            row.update(log_prior=v.log_p, log_prior_method=v.method, log_p_bayes=est, log_p_bayes_se=est_se,
+                       method=est_method)
+        row.update(log_p_bayes_est=est if est is not None else math.nan,
+                   log_p_bayes_est_se=est_se if est_se is not None else math.nan, method_est=est_method or "")
         rows.append(row)
-    # error distributions: the optimizer's, and the counted Bayesian posterior's (all consistent draws)
+    # error distributions: the optimizer's, and the counted Bayesian posterior's (all draws that fit S)
     opt_err: dict[float, int] = {}
     for r in rows:
         opt_err[r["error"]] = opt_err.get(r["error"], 0) + r["n_opt"]
@@ -218,15 +253,14 @@ def run_size(m: int, config: SgdBayesConfig, prior, inputs, target: np.ndarray, 
                                     gp.p_one[np.searchsorted(gp.test_indices, test)])))
     summary = {"train_size": m, "test_size": int(test.size), "functions_on": "all inputs" if full else "S and T",
                "trainings": n_conv + failed, "n_converged": n_conv,
-               "n_failed": failed, "n_functions_opt": len(opt_e), "prior_draws": prior.n_samples,
+               "n_failed": failed, "n_functions_opt": len(opt_e), "prior_draws": n_draws,
                "n_consistent_prior": n_u, "n_functions_consistent_prior": len(prior_e),
-               "log_p_u_table": log_pu, "log_p_u_table_se": log_pu_se,
+               "log_p_u_counted": log_pu, "log_p_u_counted_se": log_pu_se,
                "log_p_u_gp": gp_pu.log_p, "log_p_u_gp_se": gp_pu.stderr, "log_p_u_gp_method": gp_pu.method,
-               "p_u_method": pu_method,
                "expected_error_opt": float(sum(r["error"] * r["n_opt"] for r in rows) / n_conv) if n_conv else None,
                "expected_error_opt_se": _weighted_se([r["error"] for r in rows], [r["n_opt"] for r in rows]),
-               "expected_error_bayes_table": e_bayes,
-               "expected_error_bayes_table_se": _weighted_se(list(bayes_err), list(bayes_err.values())) if counted_bayes else None,
+               "expected_error_bayes_counted": e_bayes,
+               "expected_error_bayes_counted_se": _weighted_se(list(bayes_err), list(bayes_err.values())) if counted_bayes else None,
                "expected_error_bayes_gp": gp_err,
                "agreement": agreement(rows, err_rows), "seconds": round(time.perf_counter() - t0, 1)}
     return rows, err_rows, summary
@@ -244,8 +278,9 @@ def _weighted_se(values: list[float], counts: list[int]) -> float | None:
 
 def agreement(rows: list[dict], err_rows: list[dict]) -> dict:
     """How closely P_opt(f|S) follows P(f|S) over the functions found (module docstring)."""
-    res: dict[str, Any] = {"n_functions": len(rows), "n_counted": sum(r["method"] == "table" for r in rows)}
-    for name, sub in (("all", rows), ("counted", [r for r in rows if r["method"] == "table"])):
+    res: dict[str, Any] = {"n_functions": len(rows), "n_counted": sum(r["method"] == "counted" for r in rows)}
+    counted = [r for r in rows if r["method"] == "counted"]
+    for name, sub in (("all", rows), ("counted", counted)):
         x = np.array([r["log_p_bayes"] for r in sub], float) / math.log(10)
         y = np.array([r["log_p_opt"] for r in sub], float) / math.log(10)
         w = np.array([r["p_opt"] for r in sub], float)
@@ -254,8 +289,13 @@ def agreement(rows: list[dict], err_rows: list[dict]) -> dict:
         res[f"pearson_log10_{name}"] = float(np.corrcoef(x, y)[0, 1]) if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0 else None
         res[f"mean_abs_log10_ratio_{name}"] = float((w * np.abs(y - x)).sum() / w.sum()) if w.sum() > 0 else None
         res[f"opt_mass_within_10x_{name}"] = float(w[np.abs(y - x) <= 1].sum()) if len(w) else None
-    counted = [r for r in rows if r["method"] == "table"]
+    # where both sides are counted: is the difference within the counting noise?
+    z = [abs(r["log_p_opt"] - r["log_p_bayes"]) / math.hypot(r["log_p_opt_se"], r["log_p_bayes_se"])
+         for r in counted if math.hypot(r["log_p_opt_se"], r["log_p_bayes_se"]) > 0]
+    res["fraction_counted_within_2se"] = float(np.mean(np.array(z) <= 2)) if z else None
     res["bayes_mass_of_functions_found_counted"] = float(sum(math.exp(r["log_p_bayes"]) for r in counted)) if counted else None
+    est = [(r["log_p_bayes"], r["log_p_bayes_est"]) for r in counted if math.isfinite(r.get("log_p_bayes_est", math.nan))]
+    res["mean_abs_ln_gp_minus_counted"] = float(np.mean([abs(a_ - b_) for a_, b_ in est])) if est else None
     if all(e["p_bayes"] is not None for e in err_rows) and err_rows:
         res["tv_error_distributions"] = 0.5 * float(sum(abs(e["p_opt"] - e["p_bayes"]) for e in err_rows))
     else:
@@ -263,11 +303,39 @@ def agreement(rows: list[dict], err_rows: list[dict]) -> dict:
     return res
 
 
+def check_against_table(config: SgdBayesConfig, conditions, log: Callable[[str], None]) -> tuple[list, dict]:
+    """The posterior counts of the first ``check_blocks`` prior blocks, checked against the prior
+    table of the same draws (every function and count, projected onto E over the table's
+    functions that fit S; and n_f / n_U of every function): (the counts, a record of the check)."""
+    from volume.experiments.volumes import prior_table
+    from volume.posterior_sampling import count_posteriors
+
+    t0 = time.perf_counter()
+    posts = count_posteriors(config.spec, conditions, config.check_blocks)
+    table = prior_table(config.spec, config.check_blocks)
+    rec = {"blocks": config.check_blocks, "draws": table.n_samples, "functions_in_table": table.n_distinct}
+    for c, p in zip(conditions, posts):
+        ref = project(table, c.evaluate, keep=lambda lab: np.all(lab[:, c.train] == c.labels[None, :], axis=1))
+        n_u = sum(ref.values())
+        if ref != p.counts or n_u != p.n_consistent or p.n_draws != table.n_samples:
+            raise VolumeError(f"posterior counts by rejection disagree with the prior table of the same draws at "
+                              f"|S| = {len(c.train)}: a bug in volume.posterior_sampling or the tables")
+        for f, n_f in ref.items():
+            if not math.isclose(p.log_p(np.frombuffer(f, np.uint8))[0], math.log(n_f / n_u), rel_tol=1e-12):
+                raise VolumeError("P(f|S) by rejection differs from n_f / n_U of the prior table")
+        rec[f"n_consistent_{len(c.train)}"] = n_u
+        rec[f"functions_{len(c.train)}"] = len(ref)
+    rec["passed"] = True
+    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    log(f"check: posterior counts of {table.n_samples} draws equal the prior table's ({rec['seconds']} s)")
+    return posts, rec
+
+
 def run(config: SgdBayesConfig, out: str | Path, *, log: Callable[[str], None] = print, command: str = "") -> dict:
     """Run every training-set size and write the outputs to ``out``; returns the summary."""
     from volume.experiments.plots import plot_sgd_vs_bayes
-    from volume.experiments.volumes import prior_table
     from volume.gp.kernels import spec_kernel
+    from volume.posterior_sampling import Condition, count_posteriors
     from volume.inputs import load_inputs, target_labels
 
     out = Path(out)
@@ -279,14 +347,28 @@ def run(config: SgdBayesConfig, out: str | Path, *, log: Callable[[str], None] =
         spec = config.spec
         inputs = load_inputs(spec.inputs)
         target = target_labels(inputs, config.target, spec.output.classes)
-        prior = prior_table(spec, config.prior_blocks)
-        log(f"prior table: {prior.n_samples} draws, {prior.n_distinct} functions ({time.perf_counter() - t0:.1f} s)")
-        K = spec_kernel(spec, "analytic", inputs)[0]
-        volume_fn = make_volume_fn(config.volume, spec, table=prior, importance_samples=config.importance_samples,
-                                   seed=config.split_seed)
-        rows, err_rows, sizes = [], [], []
+        conditions = []
         for m in config.train_sizes:
-            r, e, s = run_size(m, config, prior, inputs, target, K, volume_fn, out, log)
+            train, _, ev = split(config, m, inputs.n_inputs)
+            conditions.append(Condition(train, target[train], ev))
+        check, posts = None, None
+        if config.check_blocks:
+            posts, check = check_against_table(config, conditions, log)
+        t1, c1 = time.perf_counter(), time.process_time()
+        rest = count_posteriors(spec, conditions, config.prior_blocks, start=min(config.check_blocks, config.prior_blocks),
+                                log=log)
+        posts = rest if posts is None else [a.merge(b) for a, b in zip(posts, rest)]
+        sampling = {"draws": posts[0].n_draws, "seconds": round(time.perf_counter() - t1, 1),
+                    "cpu_seconds": round(time.process_time() - c1, 1)}
+        log(f"posterior by rejection: {posts[0].n_draws:,} prior draws; fitting S: "
+            + ", ".join(f"|S|={m}: {p.n_consistent}" for m, p in zip(config.train_sizes, posts))
+            + f" ({sampling['seconds']} s)")
+        K = spec_kernel(spec, "analytic", inputs)[0]
+        volume_fn = make_volume_fn("gp" if config.volume == "auto" else config.volume, spec,
+                                   importance_samples=config.importance_samples, seed=config.split_seed)
+        rows, err_rows, sizes = [], [], []
+        for m, post in zip(config.train_sizes, posts):
+            r, e, s = run_size(m, config, post, inputs, target, K, volume_fn, out, log)
             rows += r
             err_rows += e
             sizes.append(s)
@@ -301,7 +383,8 @@ def run(config: SgdBayesConfig, out: str | Path, *, log: Callable[[str], None] =
         plot_sgd_vs_bayes([r for r in rows if r["train_size"] == m], [e for e in err_rows if e["train_size"] == m],
                           s, path, title=f"{config.name}: |S| = {m}, {config.run.label}")
         plots.append(path.name)
-    summary = {"name": config.name, "optimizer": config.run.label, "sizes": sizes, "plots": plots,
+    summary = {"name": config.name, "optimizer": config.run.label, "target": config.target,
+               "prior_sampling": sampling, "check_against_table": check, "sizes": sizes, "plots": plots,
                "seconds": round(time.perf_counter() - t0, 1)}
     write_json(out / "summary.json", summary)
     write_report(out / "report.md", f"Optimizer against Bayes: {config.name}", report_sections(sizes),
@@ -315,14 +398,19 @@ def report_sections(sizes: list[dict]) -> list[tuple[str, str]]:
         a = s["agreement"]
         rows.append({"S": s["train_size"], "trainings": s["trainings"], "failed": s["n_failed"],
                      "functions": s["n_functions_opt"], "counted": a["n_counted"],
-                     "ln P(U) table": s["log_p_u_table"], "ln P(U) GP": s["log_p_u_gp"],
+                     "draws fitting S": s["n_consistent_prior"],
+                     "ln P(U) counted": s["log_p_u_counted"], "ln P(U) GP": s["log_p_u_gp"],
                      "r log10 (all)": a["pearson_log10_all"], "r log10 (counted)": a["pearson_log10_counted"],
                      "mean abs log10 ratio": a["mean_abs_log10_ratio_all"], "opt mass within 10x": a["opt_mass_within_10x_all"],
-                     "E err opt": s["expected_error_opt"], "E err Bayes (table)": s["expected_error_bayes_table"],
-                     "E err Bayes (GP)": s["expected_error_bayes_gp"], "TV(err)": a["tv_error_distributions"]})
+                     "E err opt": s["expected_error_opt"], "E err Bayes (counted)": s["expected_error_bayes_counted"],
+                     "E err Bayes (GP)": s["expected_error_bayes_gp"], "TV(err)": a["tv_error_distributions"],
+                     "counted within 2 SE": a["fraction_counted_within_2se"]})
     cols = list(rows[0]) if rows else []
     text = ("Per training-set size: trainings that did not reach zero error ('failed', counted, not in P_opt), "
-            "distinct functions found and how many the prior table holds ('counted'; the others are estimated), "
+            "distinct functions found and how many of them some prior draw that fits S computes ('counted', by rejection; "
+            "the others are estimated), prior draws that fit S, "
             "agreement of log10 P_opt(f|S) with log10 P(f|S), expected test errors and the total variation "
-            "distance between the error distributions (counted Bayes side only).\n\n" + markdown_table(rows, cols))
+            "distance between the error distributions (counted Bayes side only), and the fraction of the functions "
+            "counted on both sides whose ln P_opt and ln P(f|S) differ by at most 2 combined standard errors.\n\n"
+            + markdown_table(rows, cols))
     return [("Agreement", text)]

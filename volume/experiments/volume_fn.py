@@ -45,6 +45,7 @@ class Volume:
     log_p: float
     stderr: float | None
     method: str
+    detail: dict | None = None  # estimator diagnostics worth a column (nested: the replicas' mean and sd)
 
 
 VolumeFn = Callable[[ExperimentSpec, np.ndarray], Volume]
@@ -102,10 +103,12 @@ def _checked_is(log_p_is: float | None, stderr: float | None, ess: float | None,
 
 
 def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable | None = None,
-                   importance_samples: int = 0, seed: int = 0) -> VolumeFn:
+                   importance_samples: int = 0, seed: int = 0, nested: dict | None = None) -> VolumeFn:
     """``volume_fn(spec, labels) -> Volume`` for ``method`` in :data:`VOLUME_METHODS` (module docstring).
 
-    ``table`` is the prior table of ``spec`` ('table' and 'auto' need it)."""
+    ``table`` is the prior table of ``spec`` ('table' and 'auto' need it); ``nested`` overrides
+    fields of :class:`volume.nested.NestedSettings` for 'nested' (default
+    :data:`volume.experiments.volumes.NESTED_SETTINGS`)."""
     if method not in VOLUME_METHODS:
         raise VolumeError(f"volume method {method!r} is unknown: use one of {', '.join(VOLUME_METHODS)}")
     if method in ("table", "auto") and table is None:
@@ -115,11 +118,13 @@ def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable |
     if method == "nested":
         from volume.experiments.volumes import NestedVolume
 
-        nested = NestedVolume(spec, seed=seed)
+        nested_volume = NestedVolume(spec, seed=seed, **(nested or {}))
 
         def by_nested(s: ExperimentSpec, labels: np.ndarray) -> Volume:
-            log_p, se = nested(labels)
-            return Volume(log_p, None if not math.isfinite(se) else se, "nested")
+            log_p, se = nested_volume(labels)
+            mean, sd = nested_volume.replica_stats(labels)
+            return Volume(log_p, None if not math.isfinite(se) else se, "nested",
+                          {"replica_mean": mean, "replica_sd": sd})
 
         return by_nested
     rare = _estimator(spec, importance_samples, seed)

@@ -46,7 +46,9 @@ NESTED_SETTINGS = dict(particles=60, replicas=4)
 
 class NestedVolume:
     """(ln P(f), its standard error) by the nested estimator of the finite network; results
-    cached by function (the alpha-rescaled network computes the same function)."""
+    cached by function (the alpha-rescaled network computes the same function).
+    :meth:`replica_stats` gives the replicas' mean and standard deviation of the same run (the
+    combined value is mean + sd^2 / 2, so a large spread shows there first)."""
 
     def __init__(self, spec: ExperimentSpec, seed: int = 0, **settings):
         from volume.nested import NestedSettings
@@ -54,6 +56,7 @@ class NestedVolume:
         self.spec, self.seed = spec, seed
         self.settings = NestedSettings(**{**NESTED_SETTINGS, **settings})
         self.cache: dict[bytes, tuple[float, float]] = {}
+        self.stats: dict[bytes, tuple[float, float]] = {}
 
     def __call__(self, labels: np.ndarray) -> tuple[float, float]:
         from volume.nested import nested_log_p
@@ -62,7 +65,14 @@ class NestedVolume:
         if key not in self.cache:
             r = nested_log_p(self.spec, labels, self.settings, seed=self.seed)
             self.cache[key] = (float(r.log_p), math.nan if r.stderr is None else float(r.stderr))
+            self.stats[key] = (math.nan if r.mean_replica is None else float(r.mean_replica),
+                               math.nan if r.replica_sd is None else float(r.replica_sd))
         return self.cache[key]
+
+    def replica_stats(self, labels: np.ndarray) -> tuple[float, float]:
+        """(mean, standard deviation) of the replicas' ln P for ``labels`` (computed if needed)."""
+        self(labels)
+        return self.stats[np.asarray(labels, dtype=np.uint8).tobytes()]
 
 
 class GPVolume:
