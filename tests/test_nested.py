@@ -18,7 +18,7 @@ from volume.inputs import load_inputs
 from volume.runner import run_local
 from volume.spec import CNN, FCN, BooleanCube, ExperimentSpec, ImageSubset, Output, Prior
 
-SMALL = NestedSettings(particles=60, replicas=6)
+SMALL = NestedSettings(particles=60, replicas=6, moves=5)
 
 
 def _within(est, reference: float, k: float = 4.0, slack: float = 0.05) -> None:
@@ -162,8 +162,8 @@ def test_deterministic_in_the_seed_and_independent_of_the_batch():
 def test_each_kernel_is_deterministic_and_independent_of_the_batch(kernel):
     spec = ExperimentSpec(architecture=FCN(hidden=(5,)), prior=Prior(sigma_w=1.5, sigma_b=0.3), inputs=BooleanCube(n=3))
     f = np.array([0, 1, 1, 1, 0, 1, 1, 1], dtype=np.uint8)
-    a = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, kernel=kernel, batch=5), seed=9)
-    b = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, kernel=kernel, batch=512), seed=9)
+    a = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, moves=3, kernel=kernel, batch=5), seed=9)
+    b = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, moves=3, kernel=kernel, batch=512), seed=9)
     assert a.replicas == b.replicas and math.isfinite(a.log_p)
     assert (a.acceptance is not None) == (kernel == "pcn")
 
@@ -178,13 +178,13 @@ def test_the_moves_leave_the_restricted_prior_invariant(kernel):
                           inputs=BooleanCube(n=2))
     m = Margin(spec, load_inputs(spec.inputs), np.array([0, 1, 1, 1], dtype=np.uint8))
     gen = torch.Generator().manual_seed(1)
-    eps = torch.randn(40000, m.dim, generator=gen)
+    eps = torch.randn(20000, m.dim, generator=gen)
     L, match = m(eps)
     c = float(L.quantile(0.5))  # below 0: fewer than half the draws compute f
     keep = L > c
     eps, L, match = eps[keep].clone(), L[keep].clone(), match[keep].clone()
     before = (match.double().mean().item(), (eps ** 2).mean().item())
-    for _ in range(15):
+    for _ in range(10):
         if kernel == "pcn":
             _pcn_step(m, eps, L, match, c, gen, 0.6)
         else:
