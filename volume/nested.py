@@ -57,8 +57,9 @@ proposal is reversible for N(0, I), so the step is reversible for N(0, I) restri
 adapted between levels towards the acceptance rate ``target_accept``:
 s_{k+1} = min(1, s_k exp(a_k - target_accept)), a_k the acceptance rate of level k (s_0 =
 ``step0``). Measured on 'majority' of examples/boolean7.toml (benchmarks/RESULTS.md, "Issue
-10"): s falls to ~0.01 by the last level, and per CPU second the replica variance is ~4x
-smaller than with ESS moves, which need ~8.6 evaluations per step at the deep levels.
+10"): s falls to ~0.01 by the last level at acceptance ~0.34, and replica variance x CPU
+seconds is 4-8x smaller than with ESS moves, which need ~8.6 evaluations per step at the deep
+levels; more moves or particles per replica did not pay, more replicas do.
 
 **Elliptical slice sampling** (``kernel = "ess"``; Murray, Adams & MacKay 2010, AISTATS, with the constraint
 1[L > c] as likelihood): nu ~ N(0, I), t ~ U(0, 2 pi), bracket [t - 2 pi, t]; propose
