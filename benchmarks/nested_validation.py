@@ -219,6 +219,7 @@ def cmd_seeds(args) -> None:
           f"ratio {ratio:.2f}; bias {bias:+.3f} +- {math.hypot(vals.std(ddof=1) / math.sqrt(len(vals)), 1 / math.sqrt(n_f)):.3f}")
     _save("seeds_" + Path(args.table).stem, {"n_f": n_f, "ref": ref, "settings": st, "log_p": vals.tolist(),
                                              "stderr": ses.tolist(), "ratio": ratio, "bias": bias,
+                                             "replicas": [r["replicas"] for r in res],
                                              "cpu_s": [r["cpu_s"] for r in res]})
 
 
