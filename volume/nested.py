@@ -45,9 +45,10 @@ restricted to {L > c_k} invariant (c_k < 0 always: L <= 0, = 0 only on A_f). The
 
     ln P_hat = sum_k ln p_k.
 
-With kernels invariant for each level's restricted prior, exp(ln P_hat) is unbiased for fixed
-levels whatever the mixing (the Feynman-Kac normalising constant; Cerou et al. 2012), with
-an O(1/N) bias from the adaptive levels; poor mixing shows as variance, not bias in P.
+With kernels fixed in advance and invariant for each level's restricted prior, exp(ln P_hat)
+is unbiased for fixed levels whatever the mixing (the Feynman-Kac normalising constant; Cerou
+et al. 2012); the adaptive levels and the pCN step adapted from earlier levels add biases that
+vanish as N grows. Poor mixing shows mostly as variance (measured bias: RESULTS.md, "Issue 10").
 
 **Preconditioned Crank-Nicolson moves** (default; "adaptive conditional sampling",
 Papaioannou, Betz, Zwirglmaier & Straub 2015, Probabilistic Engineering Mechanics 41:89):
@@ -451,6 +452,11 @@ class NestedResult:
         return d
 
 
+def _mean_or_none(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
 def combine_replicas(values: list[float]) -> tuple[float, float | None, float, float | None]:
     """(ln P_hat, SE, mean, sd) from replica estimates l_r: the log-normal mean
     mean + s^2/2 with SE^2 = s^2/R + s^4/(2(R-1)) (module docstring)."""
@@ -492,7 +498,7 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
     diag = dict(levels_mean=float(np.mean([r.levels for r in results])), evaluations=sum(r.evaluations for r in results),
                 shrink_mean=float(np.mean(steps)), stuck_fraction=float(np.mean([r.stuck_fraction for r in results])),
                 seconds=time.perf_counter() - t0,
-                acceptance=None if settings.kernel != "pcn" else float(np.mean([r.acceptance or 0.0 for r in results])))
+                acceptance=_mean_or_none([r.acceptance for r in results]))
     if bad:
         upper = max(values)
         return NestedResult(log_p=upper, stderr=None, converged=False,
