@@ -22,7 +22,7 @@ so the level set {L >= 0} is exactly A_f and L is continuous off a null set. The
 min_i m_i, the level function first tried, defines the same set but its intermediate levels were
 measured to trap the slice sampler (on 'majority' of examples/boolean7.toml one replica ends at
 ln P = -80, and -296 with the margin scaled by s, against -48 and -50 for V / s, whose 8-replica
-estimate is -46.5 +- 1.7, near the GP's -45): V / s lets one input be wrong while the others stay right, and
+estimate with ESS moves is -46.5 +- 1.7, near the GP's -45): V / s lets one input be wrong while the others stay right, and
 is invariant under the positive rescalings that leave f unchanged (ReLU, sigma_b = 0).
 
 **Inputs fixed by the prior.** An input whose outputs are the same for every theta (x = 0 with
