@@ -62,6 +62,16 @@ def _map(jobs: list, workers: int) -> list[dict]:
         return list(ex.map(_run, jobs))
 
 
+def _settings(args) -> dict:
+    """The settings asked for on the command line; NestedSettings' defaults for the rest."""
+    from dataclasses import asdict
+
+    from volume.nested import NestedSettings
+
+    given = {k: getattr(args, k) for k in ("particles", "replicas", "kernel", "moves") if getattr(args, k) is not None}
+    return asdict(NestedSettings(**given))
+
+
 def _load(path: str):
     from volume.table import FrequencyTable
 
@@ -92,7 +102,7 @@ def cmd_tune(args) -> None:
     rng = np.random.default_rng(args.seed)
     (f, n_f), = _pick_by_count(table, [args.count], rng)
     grid = [tuple(float(v) if i == 0 else int(v) for i, v in enumerate(g.split("/"))) for g in args.grid.split(",")]
-    jobs = [(table.spec.to_dict(), f.tolist(), dict(particles=args.particles, replicas=args.replicas, p0=p0, moves=mv),
+    jobs = [(table.spec.to_dict(), f.tolist(), {**_settings(args), "p0": p0, "moves": mv},
              args.seed) for p0, mv in grid]
     ref = math.log(n_f / table.n_samples)
     rows = []
@@ -100,15 +110,15 @@ def cmd_tune(args) -> None:
     print("p0   moves  mean_l   sd_l   bias(mean_l+s2/2-ref)  cpu_s/replica  sd^2*cpu  tries/step")
     for (p0, mv), r in zip(grid, _map(jobs, args.workers)):
         sd = float(np.std(r["replicas"], ddof=1))
-        cpu = r["cpu_s"] / args.replicas
+        cpu = r["cpu_s"] / len(r["replicas"])
         row = dict(p0=p0, moves=mv, mean_l=float(np.mean(r["replicas"])), sd_l=sd, estimate=r["log_p"],
                    stderr=r["stderr"], bias=r["log_p"] - ref, cpu_per_replica=cpu, work_var=sd * sd * cpu,
                    tries=r["shrink_mean"], stuck=r["stuck"])
         rows.append(row)
         print(f"{p0:.1f}  {mv:5d}  {row['mean_l']:7.3f}  {sd:5.3f}  {row['bias']:+.3f} +- {r['stderr']:.3f}"
               f"          {cpu:7.2f}       {row['work_var']:7.3f}   {r['shrink_mean']:.1f}")
-    _save("tune", {"table": args.table, "n_f": n_f, "N": table.n_samples, "ref": ref, "particles": args.particles,
-                   "replicas": args.replicas, "rows": rows})
+    _save("tune", {"table": args.table, "n_f": n_f, "N": table.n_samples, "ref": ref, "settings": _settings(args),
+                   "rows": rows})
 
 
 def cmd_count(args) -> None:
@@ -116,7 +126,7 @@ def cmd_count(args) -> None:
     rng = np.random.default_rng(args.seed)
     targets = [int(t) for t in args.targets.split(",")]
     picked = _pick_by_count(table, targets, rng)
-    st = dict(particles=args.particles, replicas=args.replicas)
+    st = _settings(args)
     jobs = [(table.spec.to_dict(), f.tolist(), st, args.seed + i) for i, (f, _) in enumerate(picked)]
     rows = []
     print(f"{args.table}: N = {table.n_samples}")
@@ -138,7 +148,7 @@ def cmd_cube(args) -> None:
 
     spec = ExperimentSpec.from_dict({"architecture": {"kind": "fcn", "hidden": [40, 40], "activation": "relu"},
                                      "prior": {"sigma_w": 1.0, "sigma_b": 0.3}, "inputs": {"kind": "boolean", "n": 3}})
-    st = dict(particles=args.particles, replicas=args.replicas)
+    st = _settings(args)
     fs = list(itertools.product([0, 1], repeat=8))
     t0 = time.perf_counter()
     res = _map([(spec.to_dict(), list(f), st, args.seed + i) for i, f in enumerate(fs)], args.workers)
@@ -172,7 +182,7 @@ def cmd_perceptron(args) -> None:
         mvn = multivariate_normal(mean=np.zeros(len(f)), cov=s[:, None] * K * s[None, :], maxpts=4_000_000,
                                   abseps=1e-14, releps=1e-5)
         refs.append(math.log(mvn.cdf(np.zeros(len(f)))))
-    st = dict(particles=args.particles, replicas=args.replicas)
+    st = _settings(args)
     jobs = [(spec.to_dict(), f.tolist(), st, args.seed + 100 * i + k) for i, f in enumerate(fs) for k in range(args.repeats)]
     res = _map(jobs, args.workers)
     refs = [ref for ref in refs for _ in range(args.repeats)]
@@ -198,7 +208,7 @@ def cmd_seeds(args) -> None:
     rng = np.random.default_rng(args.seed)
     (f, n_f), = _pick_by_count(table, [args.count], rng)
     ref = math.log(n_f / table.n_samples)
-    st = dict(particles=args.particles, replicas=args.replicas)
+    st = _settings(args)
     res = _map([(table.spec.to_dict(), f.tolist(), st, 1000 + s) for s in range(args.repeats)], args.workers)
     vals = np.array([r["log_p"] for r in res])
     ses = np.array([r["stderr"] for r in res])
@@ -209,13 +219,14 @@ def cmd_seeds(args) -> None:
           f"ratio {ratio:.2f}; bias {bias:+.3f} +- {math.hypot(vals.std(ddof=1) / math.sqrt(len(vals)), 1 / math.sqrt(n_f)):.3f}")
     _save("seeds_" + Path(args.table).stem, {"n_f": n_f, "ref": ref, "settings": st, "log_p": vals.tolist(),
                                              "stderr": ses.tolist(), "ratio": ratio, "bias": bias,
+                                             "replicas": [r["replicas"] for r in res],
                                              "cpu_s": [r["cpu_s"] for r in res]})
 
 
 def _gp_rows(spec, fs: dict, args, label: str) -> list[dict]:
     from volume.gp.estimate import log_prior
 
-    st = dict(particles=args.particles, replicas=args.replicas)
+    st = _settings(args)
     res = _map([(spec.to_dict(), np.asarray(f).tolist(), st, args.seed) for f in fs.values()], args.workers)
     rows = []
     for (name, f), r in zip(fs.items(), res):
@@ -255,7 +266,7 @@ def cmd_gp(args) -> None:
         fs = {f"n_f={n}": f for f, n in _pick_by_count(table, [100000, 1000, 10], rng)}
         fs["majority"] = target_labels(load_inputs(table.spec.inputs), "majority")
         rows += _gp_rows(table.spec, fs, args, "boolean7 7-40-40-1")
-    _save("gp", {"rows": rows, "settings": dict(particles=args.particles, replicas=args.replicas),
+    _save("gp", {"rows": rows, "settings": _settings(args),
                  "is_samples": args.is_samples})
 
 
@@ -263,8 +274,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--particles", type=int, default=100)
-    p.add_argument("--replicas", type=int, default=8)
+    p.add_argument("--particles", type=int, default=None, help="default: NestedSettings'")
+    p.add_argument("--replicas", type=int, default=None, help="default: NestedSettings'")
+    p.add_argument("--kernel", default=None, help="pcn or ess (default: NestedSettings')")
+    p.add_argument("--moves", type=int, default=None, help="default: NestedSettings'")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("tune")
     s.add_argument("table")

@@ -15,9 +15,21 @@ Cases and references:
 4. MNIST (``--mnist`` images, 'ge5'): 'auto' time and standard error, over 3 seeds, EP and EP+IS
    beside it; then ``--mnist-large`` images once, with time and peak memory.
 
-Run: python benchmarks/rare.py            (about 15-25 minutes on 2 busy cores)
-     python benchmarks/rare.py --quick    (small cases only, no MNIST: ~2 minutes)
-Writes benchmarks/results/rare.json.
+The finite network's own ln P(f) (issue 10, ``--methods nested``; volume.nested, subset simulation):
+
+5. 'majority' on examples/boolean7.toml (7-40-40-1 ReLU, ln P near -46): ln P, its standard error
+   (replica spread) and CPU / wall seconds for each setting of ``--nested-boolean``. Target: SE 0.3
+   nats in under 2 minutes on 2 cores.
+6. MNIST ``--nested-mnist-images`` test images (784-40-40-1 ReLU, sigma_w = 1, sigma_b = 0, 'ge5'),
+   settings ``--nested-mnist``.
+   Replicas run in ``--workers`` processes (one torch thread each), as `volume logp --ray` runs
+   them as Ray tasks; the result does not depend on how they are spread. A setting is
+   ``[KERNEL:]NxR[xMOVES[xP0]]``: kernel pcn (default) or ess, particles, replicas, moves, p0.
+
+Run: python benchmarks/rare.py            (GP methods then nested: about 25-35 minutes on 2 busy cores)
+     python benchmarks/rare.py --quick    (small cases only, no MNIST: ~3 minutes)
+     python benchmarks/rare.py --methods nested --nested-boolean 200x8,ess:100x8x2 --nested-mnist 50x4
+Writes benchmarks/results/rare.json (both methods), rare_gp.json or rare_nested.json (one).
 """
 
 from __future__ import annotations
@@ -110,7 +122,8 @@ def boolean_kernel(n_bits: int, m: int):
 
 def main(argv=None):
     global args_glob
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="gp,nested", help="gp (cases 1-4), nested (cases 5-6), or both")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--samples", type=int, default=2048)
     p.add_argument("--is-samples", type=int, default=20000)
@@ -119,8 +132,27 @@ def main(argv=None):
     p.add_argument("--honest-samples", type=int, default=1024)
     p.add_argument("--mnist", type=int, default=1000)
     p.add_argument("--mnist-large", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=2, help="nested: worker processes for the replicas")
+    p.add_argument("--nested-boolean", default="ess:100x8x2,200x8,400x8", help="nested: settings on majority")
+    p.add_argument("--nested-mnist", default="50x4", help="nested: settings on MNIST ('' skips it)")
+    p.add_argument("--nested-mnist-images", type=int, default=100)
     args = args_glob = p.parse_args(argv)
-    out = {"load": os.getloadavg(), "equicorrelated": [], "boolean": [], "mnist": {}}
+    methods = [m for m in args.methods.split(",") if m]
+    bad = sorted(set(methods) - {"gp", "nested"})
+    if bad or not methods:
+        p.error(f"--methods {args.methods!r}: give gp, nested or gp,nested")
+    out: dict = {"load": os.getloadavg()}
+    if "gp" in methods:
+        gp_part(args, out)
+    if "nested" in methods:
+        out["nested"] = nested_part(args)
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    name = "rare.json" if len(methods) == 2 else f"rare_{methods[0]}.json"
+    (ROOT / "benchmarks" / "results" / name).write_text(json.dumps(out, indent=1, default=float))
+
+
+def gp_part(args, out: dict) -> None:
+    out.update({"equicorrelated": [], "boolean": [], "mnist": {}})
     print(f"load average at start: {os.getloadavg()}")
     equi = [(40, 0.5), (128, 0.8), (512, 0.9)] + ([] if args.quick else [(2000, 0.9)])
     rng = np.random.default_rng(0)
@@ -158,8 +190,6 @@ def main(argv=None):
         out["mnist"] = mnist_part(args)
     elif not args.quick:
         print(f"\nNOTICE: no MNIST files in {MNIST}: the MNIST part did not run")
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "rare.json").write_text(json.dumps(out, indent=1, default=float))
 
 
 def mnist_part(args):
@@ -197,6 +227,94 @@ def mnist_part(args):
         print(f"MNIST {count}: peak RSS {entry['peak_rss_gib']:.2f} GiB")
         res[str(count)] = entry
     return res
+
+
+# ---- the finite network's ln P(f) by subset simulation (issue 10) -------------------------------
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _cpu_then(task, r):
+    t0 = time.process_time()
+    out = task(r)
+    out.cpu_s = time.process_time() - t0
+    return out
+
+
+class _Pool:
+    """map_fn for volume.nested over a process pool; records the workers' CPU seconds."""
+
+    def __init__(self, ex):
+        self.ex, self.cpu = ex, 0.0
+
+    def __call__(self, task, items):
+        res = list(self.ex.map(_cpu_then, [task] * len(items), items))
+        self.cpu = sum(r.cpu_s for r in res)
+        return res
+
+
+def nested_settings(text: str):
+    """'[KERNEL:]NxR[xMOVES[xP0]]' -> NestedSettings (kernel pcn or ess)."""
+    from volume.nested import NestedSettings
+
+    kernel, _, rest = text.rpartition(":")
+    parts = rest.split("x")
+    kw: dict = dict(particles=int(parts[0]), replicas=int(parts[1]))
+    if kernel:
+        kw["kernel"] = kernel
+    if len(parts) > 2:
+        kw["moves"] = int(parts[2])
+    if len(parts) > 3:
+        kw["p0"] = float(parts[3])
+    return NestedSettings(**kw)
+
+
+def nested_row(spec, labels, settings, pool: _Pool, seed: int = 0) -> dict:
+    from volume.nested import nested_log_p
+
+    t0 = time.perf_counter()
+    r = nested_log_p(spec, labels, settings, seed=seed, map_fn=pool)
+    row = dict(kernel=settings.kernel, particles=settings.particles, replicas=settings.replicas, p0=settings.p0,
+               moves=settings.moves, log_p=r.log_p, stderr=r.stderr, replica_values=r.replicas,
+               replica_sd=r.replica_sd, levels=r.levels_mean, evaluations=r.evaluations, tries=r.shrink_mean,
+               acceptance=r.acceptance, converged=r.converged, wall_s=time.perf_counter() - t0, cpu_s=pool.cpu,
+               load=os.getloadavg()[0])
+    print(f"| {settings.kernel}, {settings.particles} x {settings.replicas}, {settings.moves}, {settings.p0} | "
+          f"{fmt(r.log_p, '.2f')} | {fmt(r.stderr, '.2f')} | {fmt(r.replica_sd, '.2f')} | {r.levels_mean:.1f} | "
+          f"{r.evaluations:,} | {pool.cpu:.1f} | {row['wall_s']:.0f} ({row['load']:.1f}) | "
+          f"{fmt(None if r.stderr is None else r.stderr ** 2 * pool.cpu, '.1f')} |", flush=True)
+    return row
+
+
+def nested_part(args) -> dict:
+    from concurrent.futures import ProcessPoolExecutor
+
+    out: dict = {"boolean": [], "mnist": []}
+    head = ("| kernel, particles x replicas, moves, p0 | ln P | SE | replica sd | levels | evaluations | CPU s | "
+            "wall s (load) | SE² × CPU s |\n|---|---|---|---|---|---|---|---|---|")
+    with ProcessPoolExecutor(args.workers, initializer=_init_worker) as ex:
+        pool = _Pool(ex)
+        spec = ExperimentSpec.load(ROOT / "examples" / "boolean7.toml")
+        f = target_labels(load_inputs(spec.inputs), "majority")
+        print(f"\n#### nested: majority on examples/boolean7.toml (7-40-40-1 ReLU), {args.workers} workers\n{head}")
+        for s in (["100x4"] if args.quick else [b for b in args.nested_boolean.split(",") if b]):
+            out["boolean"].append(nested_row(spec, f, nested_settings(s), pool))
+        mnist = [] if args.quick else [b for b in args.nested_mnist.split(",") if b]
+        if mnist and (MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+            spec = ExperimentSpec.from_dict({
+                "architecture": {"kind": "fcn", "hidden": [40, 40], "activation": "relu"},
+                "prior": {"sigma_w": 1.0, "sigma_b": 0.0},
+                "inputs": {"kind": "image", "dataset": "mnist", "path": str(MNIST), "split": "test",
+                           "count": args.nested_mnist_images}})
+            f = target_labels(load_inputs(spec.inputs), "ge5")
+            print(f"\n#### nested: MNIST {args.nested_mnist_images} test images, 784-40-40-1 ReLU, ge5\n{head}")
+            for s in mnist:
+                out["mnist"].append(nested_row(spec, f, nested_settings(s), pool))
+        elif mnist:
+            print(f"\nNOTICE: no MNIST files in {MNIST}: the nested MNIST part did not run")
+    return out
 
 
 if __name__ == "__main__":

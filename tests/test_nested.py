@@ -18,7 +18,7 @@ from volume.inputs import load_inputs
 from volume.runner import run_local
 from volume.spec import CNN, FCN, BooleanCube, ExperimentSpec, ImageSubset, Output, Prior
 
-SMALL = NestedSettings(particles=60, replicas=6, moves=2)
+SMALL = NestedSettings(particles=60, replicas=6, moves=5)
 
 
 def _within(est, reference: float, k: float = 4.0, slack: float = 0.05) -> None:
@@ -158,6 +158,45 @@ def test_deterministic_in_the_seed_and_independent_of_the_batch():
     assert mapped.replicas == a.replicas
 
 
+@pytest.mark.parametrize("kernel", ["pcn", "ess"])
+def test_each_kernel_is_deterministic_and_independent_of_the_batch(kernel):
+    spec = ExperimentSpec(architecture=FCN(hidden=(5,)), prior=Prior(sigma_w=1.5, sigma_b=0.3), inputs=BooleanCube(n=3))
+    f = np.array([0, 1, 1, 1, 0, 1, 1, 1], dtype=np.uint8)
+    a = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, moves=3, kernel=kernel, batch=5), seed=9)
+    b = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, moves=3, kernel=kernel, batch=512), seed=9)
+    assert a.replicas == b.replicas and math.isfinite(a.log_p)
+    assert (a.acceptance is not None) == (kernel == "pcn")
+
+
+@pytest.mark.parametrize("kernel", ["pcn", "ess"])
+def test_the_moves_leave_the_restricted_prior_invariant(kernel):
+    """Exact draws of N(0, I) restricted to {L > c} (rejection from the prior) stay so distributed
+    after many moves: P(f | L > c) and E|eps|^2 / D before and after agree within sampling error."""
+    from volume.nested import _ess_step, _pcn_step
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(4,), activation="tanh"), prior=Prior(sigma_w=1.5, sigma_b=0.5),
+                          inputs=BooleanCube(n=2))
+    m = Margin(spec, load_inputs(spec.inputs), np.array([0, 1, 1, 1], dtype=np.uint8))
+    gen = torch.Generator().manual_seed(1)
+    eps = torch.randn(20000, m.dim, generator=gen)
+    L, match = m(eps)
+    c = float(L.quantile(0.5))  # below 0: fewer than half the draws compute f
+    keep = L > c
+    eps, L, match = eps[keep].clone(), L[keep].clone(), match[keep].clone()
+    before = (match.double().mean().item(), (eps ** 2).mean().item())
+    for _ in range(10):
+        if kernel == "pcn":
+            _pcn_step(m, eps, L, match, c, gen, 0.6)
+        else:
+            _ess_step(m, eps, L, match, c, gen, 40)
+    assert bool((L > c).all())
+    after = (match.double().mean().item(), (eps ** 2).mean().item())
+    n = len(L)
+    p = before[0]
+    assert abs(after[0] - p) <= 4 * math.sqrt(2 * p * (1 - p) / n), (before, after)
+    assert abs(after[1] - before[1]) <= 4 * math.sqrt(2 * 2 / (n * m.dim)) * 3, (before, after)
+
+
 def test_level_is_zero_exactly_on_the_function():
     spec = ExperimentSpec(architecture=FCN(hidden=(5,)), prior=Prior(sigma_b=0.5), inputs=BooleanCube(n=3),
                           output=Output("argmax", 3))
@@ -182,6 +221,10 @@ def test_combine_replicas_and_bad_settings():
         NestedSettings(p0=1.0)
     with pytest.raises(VolumeError, match="particles"):
         NestedSettings(particles=0)
+    with pytest.raises(VolumeError, match="kernel"):
+        NestedSettings(kernel="hmc")
+    with pytest.raises(VolumeError, match="target_accept"):
+        NestedSettings(target_accept=1.5)
 
 
 def test_experiment_nested_volume_column():

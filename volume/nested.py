@@ -1,5 +1,6 @@
 """ln P(f) of the finite network: the prior mass of {theta : network(theta) computes f}, by
-subset simulation (adaptive multilevel splitting) with elliptical slice sampling moves.
+subset simulation (adaptive multilevel splitting) with preconditioned Crank-Nicolson moves
+(default) or elliptical slice sampling moves.
 
 **Standardised coordinates.** Every parameter the prior draws is a function of one standard
 normal coordinate, eps ~ N(0, I_D) (D = number of drawn parameters; biases are not drawn when
@@ -21,7 +22,7 @@ so the level set {L >= 0} is exactly A_f and L is continuous off a null set. The
 min_i m_i, the level function first tried, defines the same set but its intermediate levels were
 measured to trap the slice sampler (on 'majority' of examples/boolean7.toml one replica ends at
 ln P = -80, and -296 with the margin scaled by s, against -48 and -50 for V / s, whose 8-replica
-estimate is -46.5 +- 1.7, near the GP's -45): V / s lets one input be wrong while the others stay right, and
+estimate with ESS moves is -46.5 +- 1.7, near the GP's -45): V / s lets one input be wrong while the others stay right, and
 is invariant under the positive rescalings that leave f unchanged (ReLU, sigma_b = 0).
 
 **Inputs fixed by the prior.** An input whose outputs are the same for every theta (x = 0 with
@@ -39,12 +40,29 @@ step). N particles are drawn from the prior. At each level k, if at least p0 N p
 compute f, or the level would reach 0, stop with the last factor p_K = #{f_theta = f} / N.
 Otherwise the threshold c_k is the K-th smallest L (K = N - round(p0 N) particles below it), the
 particles with L <= c_k are replaced by copies of uniformly chosen survivors, the factor is
-p_k = #{L > c_k} / N, and every particle makes ``moves`` elliptical slice sampling steps that
-leave N(0, I) restricted to {L > c_k} invariant (c_k < 0 always: L <= 0, = 0 only on A_f). The estimate is
+p_k = #{L > c_k} / N, and every particle makes ``moves`` MCMC steps that leave N(0, I)
+restricted to {L > c_k} invariant (c_k < 0 always: L <= 0, = 0 only on A_f). The estimate is
 
     ln P_hat = sum_k ln p_k.
 
-**Elliptical slice sampling** (Murray, Adams & MacKay 2010, AISTATS, with the constraint
+With kernels fixed in advance and invariant for each level's restricted prior, exp(ln P_hat)
+is unbiased for fixed levels whatever the mixing (the Feynman-Kac normalising constant; Cerou
+et al. 2012); the adaptive levels and the pCN step adapted from earlier levels add biases that
+vanish as N grows. Poor mixing shows mostly as variance (measured bias: RESULTS.md, "Issue 10").
+
+**Preconditioned Crank-Nicolson moves** (default; "adaptive conditional sampling",
+Papaioannou, Betz, Zwirglmaier & Straub 2015, Probabilistic Engineering Mechanics 41:89):
+propose eps' = sqrt(1 - s^2) eps + s nu, nu ~ N(0, I), and accept iff L(eps') > c. The
+proposal is reversible for N(0, I), so the step is reversible for N(0, I) restricted to
+{L > c}; it costs one network evaluation. The step size s is fixed within a level and
+adapted between levels towards the acceptance rate ``target_accept``:
+s_{k+1} = min(1, s_k exp(a_k - target_accept)), a_k the acceptance rate of level k (s_0 =
+``step0``). Measured on 'majority' of examples/boolean7.toml (benchmarks/RESULTS.md, "Issue
+10"): s falls to ~0.01 by the last level at acceptance ~0.34, and replica variance x CPU
+seconds is 4-8x smaller than with ESS moves, which need ~8.6 evaluations per step at the deep
+levels; more moves or particles per replica did not pay, more replicas do.
+
+**Elliptical slice sampling** (``kernel = "ess"``; Murray, Adams & MacKay 2010, AISTATS, with the constraint
 1[L > c] as likelihood): nu ~ N(0, I), t ~ U(0, 2 pi), bracket [t - 2 pi, t]; propose
 eps cos t + nu sin t; accept if L > c, else shrink the bracket towards 0 at t and draw t again
 in it. The ellipse passes through eps at t = 0, so a step ends after finitely many tries;
@@ -88,6 +106,12 @@ TINY = 1e-30
 FIXED_PROBES = 8
 """Prior draws used to find the inputs whose output the prior fixes."""
 
+KERNELS = ("pcn", "ess")
+"""MCMC moves within a level: elliptical slice sampling, or preconditioned Crank-Nicolson."""
+
+STEP_MIN = 1e-4
+"""Smallest pCN step size the adaptation may reach."""
+
 MapFn = Callable[[Callable[[Any], Any], list], list]
 
 
@@ -100,23 +124,34 @@ class NestedSettings:
     """Settings of the estimator (defaults chosen by measurement, benchmarks/RESULTS.md "Issue 10").
 
     particles: N per replica; replicas: R; p0: fraction of particles kept per level;
-    moves: ESS steps per particle per level; max_shrink: tries per ESS step; max_levels:
-    levels before giving up (then ``converged`` is False); batch: particles per forward
-    call (memory only, never the result)."""
+    moves: MCMC steps per particle per level; kernel: "pcn" (preconditioned Crank-Nicolson,
+    one evaluation per step) or "ess" (elliptical slice sampling); target_accept, step0: the
+    pCN acceptance rate the step size is adapted to, and the first level's step size;
+    max_shrink: tries per ESS step; max_levels: levels before giving up (then ``converged``
+    is False); batch: particles per forward call (memory and speed only, never the result)."""
 
-    particles: int = 100
+    particles: int = 200
     replicas: int = 8
     p0: float = 0.5
-    moves: int = 2
+    moves: int = 10
     max_shrink: int = 40
     max_levels: int = 2000
-    batch: int = 64
+    batch: int = 256
+    kernel: str = "pcn"
+    target_accept: float = 0.4
+    step0: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("particles", "replicas", "moves", "max_shrink", "max_levels", "batch"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise NestedError(f"{name} = {v!r}: give an integer >= 1")
+        if self.kernel not in KERNELS:
+            raise NestedError(f"kernel = {self.kernel!r}: give one of {', '.join(KERNELS)}")
+        if not (isinstance(self.target_accept, (int, float)) and 0.0 < self.target_accept < 1.0):
+            raise NestedError(f"target_accept = {self.target_accept!r}: give an acceptance rate strictly between 0 and 1 (e.g. 0.4)")
+        if not (isinstance(self.step0, (int, float)) and 0.0 < self.step0 <= 1.0):
+            raise NestedError(f"step0 = {self.step0!r}: give the first pCN step size, in (0, 1] (e.g. 0.5)")
         if not (isinstance(self.p0, (int, float)) and 0.0 < self.p0 < 1.0):
             raise NestedError(f"p0 = {self.p0!r}: give the fraction kept per level, strictly between 0 and 1 (e.g. 0.5)")
         if not 1 <= round(self.p0 * self.particles) < self.particles:
@@ -240,6 +275,8 @@ class ReplicaResult:
     stuck_fraction: float  # ESS steps that hit max_shrink
     seconds: float
     thresholds: list[float] = field(default_factory=list)
+    acceptance: float | None = None  # pCN: accepted fraction of proposals
+    last_step: float | None = None  # pCN: step size at the last level
 
 
 def _ess_step(margin: Margin, eps: torch.Tensor, L: torch.Tensor, match: torch.Tensor, c: float,
@@ -272,6 +309,19 @@ def _ess_step(margin: Margin, eps: torch.Tensor, L: torch.Tensor, match: torch.T
     return evals, evals, len(pending)
 
 
+def _pcn_step(margin: Margin, eps: torch.Tensor, L: torch.Tensor, match: torch.Tensor, c: float,
+              gen: torch.Generator, step: float) -> int:
+    """One preconditioned Crank-Nicolson step of every particle within {L > c}, in place:
+    eps' = sqrt(1 - step^2) eps + step nu, nu ~ N(0, I), accepted iff L(eps') > c (reversible
+    for N(0, I), hence for N(0, I) restricted to {L > c}). Returns the number accepted."""
+    nu = torch.randn(eps.shape, generator=gen, dtype=eps.dtype)
+    prop = eps * math.sqrt(1.0 - step * step) + nu * step
+    lp, mp = margin(prop)
+    ok = lp > c
+    eps[ok], L[ok], match[ok] = prop[ok], lp[ok], mp[ok]
+    return int(ok.sum())
+
+
 def replica_generator(seed: int, replica: int) -> torch.Generator:
     s = int(np.random.SeedSequence([seed, replica]).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator().manual_seed(s)
@@ -285,6 +335,7 @@ def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Gener
     eps = torch.randn(n, margin.dim, generator=gen, dtype=margin.dtype)
     L, match = margin(eps)
     evals, tries, steps, stuck = n, 0, 0, 0
+    step, accepted = settings.step0, 0
     log_p, thresholds = 0.0, []
     converged, reason = False, None
     for level in range(settings.max_levels + 1):
@@ -313,6 +364,15 @@ def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Gener
         dead = torch.nonzero(~alive)[:, 0]
         pick = survivors[torch.randint(0, n_alive, (len(dead),), generator=gen)]
         eps[dead], L[dead], match[dead] = eps[pick], L[pick], match[pick]
+        if settings.kernel == "pcn":
+            acc = sum(_pcn_step(margin, eps, L, match, c, gen, step) for _ in range(settings.moves))
+            evals += n * settings.moves
+            tries += n * settings.moves
+            steps += n * settings.moves
+            accepted += acc
+            # the next level's step from this level's acceptance rate (fixed within a level)
+            step = min(1.0, max(STEP_MIN, step * math.exp(acc / (n * settings.moves) - settings.target_accept)))
+            continue
         for _ in range(settings.moves):
             e, tr, st = _ess_step(margin, eps, L, match, c, gen, settings.max_shrink)
             evals += e
@@ -321,7 +381,9 @@ def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Gener
             steps += n
     return ReplicaResult(log_p=log_p, levels=len(thresholds), converged=converged, reason=reason, evaluations=evals,
                          shrink_mean=tries / steps if steps else 0.0, stuck_fraction=stuck / steps if steps else 0.0,
-                         seconds=time.perf_counter() - t0, thresholds=thresholds)
+                         seconds=time.perf_counter() - t0, thresholds=thresholds,
+                         acceptance=accepted / steps if steps and settings.kernel == "pcn" else None,
+                         last_step=step if settings.kernel == "pcn" else None)
 
 
 class ReplicaTask:
@@ -351,8 +413,9 @@ def macs_per_evaluation(spec: ExperimentSpec, input_shape: tuple[int, ...], n_in
 
 def work_bound(spec: ExperimentSpec, settings: NestedSettings, input_shape: tuple[int, ...], n_inputs: int) -> float:
     """Most multiply-adds one estimate can cost: every replica's particles evaluated once, then at
-    most ``max_levels`` levels of ``moves`` ESS steps of at most ``max_shrink`` tries each."""
-    evals = settings.replicas * settings.particles * (1 + settings.max_levels * settings.moves * settings.max_shrink)
+    most ``max_levels`` levels of ``moves`` steps (pCN: one evaluation; ESS: at most ``max_shrink``)."""
+    tries = settings.max_shrink if settings.kernel == "ess" else 1
+    evals = settings.replicas * settings.particles * (1 + settings.max_levels * settings.moves * tries)
     return float(evals) * macs_per_evaluation(spec, input_shape, n_inputs)
 
 
@@ -378,6 +441,7 @@ class NestedResult:
     n_active_inputs: int
     n_fixed_inputs: int
     n_params: int
+    acceptance: float | None = None  # pCN: accepted fraction of proposals, mean over replicas
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -386,6 +450,11 @@ class NestedResult:
                 d[k] = None
         d["replicas"] = [v if math.isfinite(v) else None for v in d["replicas"]]
         return d
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 def combine_replicas(values: list[float]) -> tuple[float, float | None, float, float | None]:
@@ -428,7 +497,8 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
     steps = [r.shrink_mean for r in results]
     diag = dict(levels_mean=float(np.mean([r.levels for r in results])), evaluations=sum(r.evaluations for r in results),
                 shrink_mean=float(np.mean(steps)), stuck_fraction=float(np.mean([r.stuck_fraction for r in results])),
-                seconds=time.perf_counter() - t0)
+                seconds=time.perf_counter() - t0,
+                acceptance=_mean_or_none([r.acceptance for r in results]))
     if bad:
         upper = max(values)
         return NestedResult(log_p=upper, stderr=None, converged=False,

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(ln n_f/N with its interval, or the upper bound when f was never drawn); 'ep' is EP in the "
                     "GP limit; 'gp' the GP estimator with its standard error (EP-guided sequential importance "
                     "sampling by default); 'nested' the finite network's own volume by subset simulation with "
-                    "elliptical slice sampling, its error bar from independent replicas. 'auto' (default) counts "
+                    "preconditioned Crank-Nicolson moves, its error bar from independent replicas. 'auto' (default) counts "
                     "when --table holds f at least 100 times, else runs nested.",
                     ["volume logp examples/boolean7.toml parity --method gp",
                      "volume logp examples/boolean7.toml 0x" + "00" * 16 + " --table boolean7.h5",
@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--particles", type=int, default=None, help="nested: particles per replica")
     p.add_argument("--replicas", type=int, default=None, help="nested: independent replicas (error bar)")
     p.add_argument("--p0", type=float, default=None, help="nested: fraction of particles kept per level")
-    p.add_argument("--moves", type=int, default=None, help="nested: slice-sampling steps per particle per level")
+    p.add_argument("--moves", type=int, default=None, help="nested: MCMC steps per particle per level")
+    p.add_argument("--kernel", choices=("pcn", "ess"), default=None,
+                   help="nested: pcn (preconditioned Crank-Nicolson, default) or ess (elliptical slice sampling) moves")
     p.add_argument("--ray", action="store_true", help="nested: replicas as Ray tasks (a local instance unless --address)")
     p.add_argument("--address", default=None, help="Ray cluster for --ray: auto, HOST:6379 or ray://HOST:10001")
     p.add_argument("--json", action="store_true", help="machine-readable output (one JSON list)")
@@ -43,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def settings_from(args):
     from volume.nested import NestedSettings
 
-    given = {k: getattr(args, k) for k in ("particles", "replicas", "p0", "moves") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("particles", "replicas", "p0", "moves", "kernel")
+             if getattr(args, k) is not None}
     return NestedSettings(**given)
 
 
