@@ -217,6 +217,12 @@ def test_combine_replicas_and_bad_settings():
     lp, se, mean, sd = combine_replicas([-10.0, -11.0, -12.0])
     assert mean == -11.0 and sd == 1.0 and lp == -10.5
     assert se == pytest.approx(math.sqrt(1 / 3 + 1 / 4))
+    # heavy-tailed replicas (spread 10 nats): the log-normal mean would be -60 + 50; the fallback
+    # is ln of the mean probability, between the mean and the largest replica, never above 0
+    wide = [-50.0, -55.0, -60.0, -65.0, -70.0]
+    lp, se, mean, sd = combine_replicas(wide)
+    assert sd > 2 and lp == pytest.approx(-50 + math.log(sum(math.exp(v + 50) for v in wide) / 5))
+    assert mean < lp <= max(wide) and se > sd
     with pytest.raises(VolumeError, match="p0"):
         NestedSettings(p0=1.0)
     with pytest.raises(VolumeError, match="particles"):

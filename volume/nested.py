@@ -77,6 +77,10 @@ estimate is the log-normal mean
     ln P_hat = mean(l) + s^2 / 2,     SE^2 = s^2 / R + s^4 / (2 (R - 1)),
 
 s^2 the sample variance of l (the second term is the uncertainty of the s^2 / 2 correction).
+Where the replicas spread by more than MAX_REPLICA_SD = 2 nats (heavy-tailed replicas of a very
+rare function at too few particles), R values cannot support the log-normal correction, and the
+estimate falls back visibly (``reason``) to ln of the replicas' mean probability, with the same
+wide SE.
 The bias and the variance at the default settings are measured against exact and counted
 references in benchmarks/nested_validation.py (benchmarks/RESULTS.md, "Issue 10").
 
@@ -457,15 +461,31 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     return float(np.mean(kept)) if kept else None
 
 
+MAX_REPLICA_SD = 2.0
+"""Replica spread (nats) above which the log-normal combination is not trusted (see
+:func:`combine_replicas`)."""
+
+
 def combine_replicas(values: list[float]) -> tuple[float, float | None, float, float | None]:
     """(ln P_hat, SE, mean, sd) from replica estimates l_r: the log-normal mean
-    mean + s^2/2 with SE^2 = s^2/R + s^4/(2(R-1)) (module docstring)."""
+    mean + s^2/2 with SE^2 = s^2/R + s^4/(2(R-1)) (module docstring).
+
+    Where the replicas spread by more than :data:`MAX_REPLICA_SD` nats the log-normal shape is
+    not supported by R values (its correction s^2/2 grows without bound: a spread of 10 nats
+    gives ln P_hat = mean + 50, beyond 0), so the estimate falls back to the mean of the replicas'
+    probabilities, ln((1/R) sum_r exp(l_r)) (each exp(l_r) is close to unbiased for P; the value
+    lies between mean(l) and max(l) <= 0), with the log-normal SE kept as the (wide) error bar;
+    :func:`nested_log_p` then says so in ``reason``."""
     v = np.asarray(values, dtype=np.float64)
     mean = float(v.mean())
     if len(v) < 2:
         return mean, None, mean, None
     s2 = float(v.var(ddof=1))
-    return mean + s2 / 2, math.sqrt(s2 / len(v) + s2 * s2 / (2 * (len(v) - 1))), mean, math.sqrt(s2)
+    se = math.sqrt(s2 / len(v) + s2 * s2 / (2 * (len(v) - 1)))
+    if math.sqrt(s2) > MAX_REPLICA_SD:
+        top = float(v.max())
+        return top + math.log(float(np.mean(np.exp(v - top)))), se, mean, math.sqrt(s2)
+    return mean + s2 / 2, se, mean, math.sqrt(s2)
 
 
 def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSettings | None = None, *, seed: int = 0,
@@ -505,9 +525,14 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
                             reason=f"{len(bad)} of {len(results)} replicas did not reach f: {bad[0].reason}",
                             replicas=values, mean_replica=None, replica_sd=None, **diag, **common)
     log_p, se, mean, sd = combine_replicas(values)
-    return NestedResult(log_p=log_p, stderr=se, converged=True, reason=None, replicas=values, mean_replica=mean,
+    reason = None
+    if sd is not None and sd > MAX_REPLICA_SD:
+        reason = (f"replicas spread by sd = {sd:.1f} nats (> {MAX_REPLICA_SD:g}): the log-normal combination is not "
+                  f"reliable, so ln P is the log of the replicas' mean probability, with a wide error bar; "
+                  f"use more particles and replicas")
+    return NestedResult(log_p=log_p, stderr=se, converged=True, reason=reason, replicas=values, mean_replica=mean,
                         replica_sd=sd, **diag, **common)
 
 
-__all__ = ["work_bound", "macs_per_evaluation", "NestedSettings", "NestedResult", "Margin", "nested_log_p", "subset_simulation", "combine_replicas",
+__all__ = ["work_bound", "macs_per_evaluation", "NestedSettings", "NestedResult", "Margin", "nested_log_p", "subset_simulation", "combine_replicas", "MAX_REPLICA_SD",
            "ReplicaTask", "NestedError"]
