@@ -9,7 +9,9 @@
  *   2. the forward pass on all inputs: H_l = act(s_l W_l H_{l-1} + sigma_b b_l), activations
  *      laid out (units, inputs) with the inputs along the vector lanes (M padded to Mp, a
  *      multiple of 16), each layer a register-blocked product (R rows x CV vectors of
- *      accumulators, weights broadcast, inputs loaded);
+ *      accumulators, weights broadcast, inputs loaded); with job->plan, a hidden first layer
+ *      runs from its plan instead (plan_rows: shared prefixes of the same FMA chain, zero
+ *      coordinates skipped, the inputs permuted; the keys read them back through job->pos);
  *   3. the labels (threshold z > 0, or argmax) packed into the key, MSB first.
  * Everything a draw touches (its parameters, two activation buffers, the inputs) stays in
  * the core's L1/L2 cache.
