@@ -162,8 +162,8 @@ class FusedFCN:
         if first_layer not in ("auto", "plan", "dense"):
             raise ValueError(f"first_layer: 'auto', 'plan' or 'dense', not {first_layer!r}")
         self.plan = None  # (pos, plan, px) for the kernel
-        if first_layer != "dense" and len(layers) >= 2:
-            vw = VECTOR_WIDTH[isas()[0] if isa == "auto" else isa]
+        vw = VECTOR_WIDTH.get(isas()[0] if isa == "auto" else isa)  # None: the kernel names the bad isa
+        if first_layer != "dense" and len(layers) >= 2 and vw and getattr(_fused, "FIRST_LAYER_PLAN", 0):
             order, xs, plan, px, fmas = first_layer_plan(x, vw)
             if first_layer == "plan" or fmas <= PLAN_GAIN * (mp // vw) * x.shape[1]:
                 pos = np.empty(self.m, dtype=np.int32)

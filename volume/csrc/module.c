@@ -302,4 +302,10 @@ static PyMethodDef METHODS[] = {
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fused", "The fused FCN sampler kernel.", -1, METHODS};
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&MODULE); }
+PyMODINIT_FUNC PyInit__fused(void) {
+    PyObject *m = PyModule_Create(&MODULE);
+    /* fcn_keys takes a first-layer plan (volume/fused.py checks this, so that a wrapper newer
+     * than the built extension, as on a cluster node with an older install, stays dense) */
+    if (m && PyModule_AddIntConstant(m, "FIRST_LAYER_PLAN", 1) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}
