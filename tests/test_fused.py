@@ -135,6 +135,53 @@ def test_compiled_and_torch_backends_agree_draw_for_draw():
         assert np.all(np.abs(z[la != lb]) < 1e-4 * np.abs(z).std())
 
 
+_GRID = np.stack(np.meshgrid(*[[0.0, 0.7, -1.3]] * 4, indexing="ij"), -1).reshape(-1, 4)  # 81 inputs, not a cube
+_PLAN_CASES = {  # (hidden widths, inputs, prior, output): every branch of the first-layer plan
+    "cube01": ((40, 40), BooleanCube(n=7), Prior(), Output()),
+    "cube01-bias": ((40, 40), BooleanCube(n=7), Prior(sigma_b=0.3), Output()),
+    "cube-pm1": ((13, 9), BooleanCube(n=6, encoding="pm1"), Prior(), Output()),
+    "cube-pm1-bias-uniform": ((13, 9), BooleanCube(n=5, encoding="pm1"), Prior(kind="uniform", sigma_b=0.7), Output()),
+    "cube-small-one-hidden": ((21,), BooleanCube(n=3), Prior(sigma_b=0.2), Output()),  # 8 inputs: padding lanes
+    "cube-one-hidden-argmax": ((11,), BooleanCube(n=4), Prior(sigma_b=0.4), Output(kind="argmax", classes=3)),
+    "grid-bias": ((17, 6), _GRID, Prior(sigma_b=0.5), Output()),
+    "gaussian-inputs": ((17, 6), np.random.default_rng(0).normal(size=(50, 5)), Prior(sigma_b=0.5), Output()),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(_PLAN_CASES))
+def test_first_layer_plan_gives_the_dense_keys_bit_for_bit(name):
+    """The first layer from its plan (shared prefixes, zero coordinates skipped, inputs permuted)
+    gives exactly the dense product's keys, on every instruction set."""
+    hidden, inputs, prior, output = _PLAN_CASES[name]
+    cube = isinstance(inputs, BooleanCube)
+    spec = ExperimentSpec(architecture=FCN(hidden=hidden), inputs=inputs if cube else BooleanCube(n=4),
+                          prior=prior, output=output, block_size=300, seed=5)
+    s = Sampler(spec, backend="compiled")
+    x = np.asarray(s.x) if cube else np.asarray(inputs, dtype=np.float32)
+    for isa in ISAS:
+        dense = fused.FusedFCN(spec, s.layers, x, isa, first_layer="dense")
+        planned = fused.FusedFCN(spec, s.layers, x, isa, first_layer="plan")
+        assert dense.plan is None and planned.plan is not None
+        want = dense.keys(3)
+        assert len(np.unique(want, axis=0)) > 20, isa
+        np.testing.assert_array_equal(planned.keys(3), want, err_msg=isa)
+    if cube and inputs.n == 7 and inputs.encoding == "01":  # the sampler picks it where it saves work
+        assert s._fused.plan is not None
+
+
+def test_first_layer_plan_shares_and_skips():
+    """On the {0,1} 7-cube at 16 lanes: one shared 4-step prefix per chunk, then 0-2 (chunk 0)
+    and 1-3 (chunk 1) steps per vector: 20 FMAs per unit instead of 56; every input is a column."""
+    x = np.array([[(m >> k) & 1 for k in range(7)] for m in range(128)], dtype=np.float32)[::-1]
+    order, xs, plan, px, fmas = fused.first_layer_plan(x, 16)
+    assert fmas == 20 and sorted(order) == list(range(128))
+    np.testing.assert_array_equal(xs, x[order])
+    assert plan[0] == 1 and plan[1] == 4  # chunk 0: one group, its prefix of 4 steps
+    with pytest.raises(ValueError, match="first_layer"):
+        fused.FusedFCN(ExperimentSpec(architecture=FCN(hidden=(5, 5)), inputs=BooleanCube(n=3)), [], x, first_layer="x")
+
+
 def test_without_the_extension_the_torch_path_is_used_with_a_notice(monkeypatch, capsys):
     monkeypatch.setattr(fused, "_fused", None)
     monkeypatch.setattr(fused, "_IMPORT_ERROR", "No module named 'volume._fused'")

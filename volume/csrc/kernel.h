@@ -9,7 +9,9 @@
  *   2. the forward pass on all inputs: H_l = act(s_l W_l H_{l-1} + sigma_b b_l), activations
  *      laid out (units, inputs) with the inputs along the vector lanes (M padded to Mp, a
  *      multiple of 16), each layer a register-blocked product (R rows x CV vectors of
- *      accumulators, weights broadcast, inputs loaded);
+ *      accumulators, weights broadcast, inputs loaded); with job->plan, a hidden first layer
+ *      runs from its plan instead (plan_rows: shared prefixes of the same FMA chain, zero
+ *      coordinates skipped, the inputs permuted; the keys read them back through job->pos);
  *   3. the labels (threshold z > 0, or argmax) packed into the key, MSB first.
  * Everything a draw touches (its parameters, two activation buffers, the inputs) stays in
  * the core's L1/L2 cache.
@@ -316,6 +318,64 @@ static void layer(const float *W, int O, int K, const float *bias, const float *
 #undef BLOCK
 }
 
+/* The first layer of one chunk from its plan, for rows [0, R) of W (K columns): the same
+ * chain acc = 0; acc += W[r][k] x_k (k ascending), then act(acc + b), as accumulate/micro,
+ * lane by lane, but with the work shared and the zeros skipped (exact: an FMA with x_k = 0
+ * adds a zero, so at most the sign of a zero sum differs, which neither the ReLU nor z > 0
+ * sees). The plan of a chunk (int32, built by volume/fused.py first_layer_plan):
+ *   n_groups, then per group: n_pre, n_pre pairs (k, j): the shared prefix P += W[:,k] px[j]
+ *   over the lane vectors px[j] common to the group's vectors; then n_vec, and per vector:
+ *   its index c in the chunk, n_suf, n_suf pairs (k, j): acc = P; acc += W[:,k] px[j], with
+ *   px[j] the vector's remaining coordinate k (the same in every lane); C[:, c] = act(acc + b).
+ * Returns the end of the chunk's plan. */
+#define RT 4 /* rows per block (8 at AVX-512 measured no faster on boolean7, 12 slower) */
+INLINE const int32_t *plan_rows(const int R, const int32_t *p, const float *restrict px, const float *restrict w,
+                                int K, const float *restrict bias, float *restrict C, int ldc) {
+    const vf *xv = (const vf *)px;
+    const int ng = *p++;
+    for (int g = 0; g < ng; g++) {
+        vf P[RT];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) P[r] = (vf){0};
+        const int npre = *p++;
+        for (int j = 0; j < npre; j++, p += 2) {
+            const int k = p[0];
+            const vf x = xv[p[1]];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) P[r] += SPLAT(w[(size_t)r * K + k]) * x;
+        }
+        const int nvec = *p++;
+        for (int v = 0; v < nvec; v++) {
+            const int c = p[0], ns = p[1];
+            p += 2;
+            vf a[RT];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) a[r] = P[r];
+            for (int j = 0; j < ns; j++, p += 2) {
+                const int k = p[0];
+                const vf x = xv[p[1]];
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) a[r] += SPLAT(w[(size_t)r * K + k]) * x;
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                vf o = bias ? a[r] + bias[r] : a[r];
+                ((vf *)(C + (size_t)r * ldc))[c] = RELU(o);
+            }
+        }
+    }
+    return p;
+}
+
+static const int32_t *first_layer_planned(const int32_t *plan, const float *px, const float *W, int O, int K,
+                                          const float *bias, float *C, int ldc) {
+    const int32_t *end = plan;
+    int r = 0;
+    for (; r + RT <= O; r += RT) end = plan_rows(RT, plan, px, W + (size_t)r * K, K, bias ? bias + r : 0, C + (size_t)r * ldc, ldc);
+    for (; r < O; r++) end = plan_rows(1, plan, px, W + (size_t)r * K, K, bias ? bias + r : 0, C + (size_t)r * ldc, ldc);
+    return end;
+}
+
 void KERNEL_NAME(standard)(float *out, int n_params, int uniform, uint32_t key0, uint32_t key1,
                            int64_t start, int64_t stop) {
     int padded = PADDED(n_params);
@@ -346,6 +406,7 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
     }
     const int units = job->dims[L], bits = job->bits_per_label;
     const int fuse_out = !job->argmax && units == 1 && L >= 2;
+    const int32_t *pos = job->pos;
     for (int64_t i = job->start; i < job->stop; i++) {
         draw_standard(params, n_params, job->uniform, job->key0, job->key1, (uint32_t)i);
         float *p = params;
@@ -360,6 +421,7 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
             }
         }
         /* the whole network on one chunk of CHUNK inputs at a time: activations stay in L1 */
+        const int32_t *plan = L >= 2 ? job->plan : 0;
         for (int c0 = 0; c0 < Mp; c0 += CHUNK) {
             int nv = (Mp - c0 < CHUNK ? Mp - c0 : CHUNK) / VW;
             const float *in = job->xt + c0;
@@ -370,6 +432,22 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 int K = job->dims[l], O = job->dims[l + 1];
                 float *W = p, *b = job->biased ? p + (size_t)O * K : 0;
                 p += (size_t)O * K + (job->biased ? O : 0);
+                if (l == 0 && plan) { /* a hidden first layer (L >= 2) from its plan, into h0 */
+                    plan = first_layer_planned(plan, job->px, W, O, K, b, h0, CHUNK);
+                    if (fuse_out && L == 2) { /* as micro_out: z = b_out; z += w_out[r] h[r], r ascending */
+                        const float z0 = job->biased ? p[O] : 0.0f;
+                        for (int c = 0; c < nv; c++) {
+                            vf z = SPLAT(z0);
+                            for (int r = 0; r < O; r++) z += SPLAT(p[r]) * ((const vf *)(h0 + (size_t)r * CHUNK))[c];
+                            ((vf *)(res + c0))[c] = z;
+                        }
+                        break;
+                    }
+                    in = h0;
+                    ld_in = CHUNK;
+                    out = h1;
+                    continue;
+                }
                 if (fuse_out && l == L - 2) { /* p: the output unit's weights, then its bias */
                     float z0 = job->biased ? p[O] : 0.0f;
                     for (int j = 0; j < nv * VW; j++) res[c0 + j] = z0;
@@ -390,16 +468,23 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
         memset(key, 0, (size_t)job->key_bytes);
         if (job->argmax) {
             for (int m = 0; m < M; m++) {
+                const int col = pos ? pos[m] : m;
                 int best = 0;
-                float bv = in[m];
+                float bv = in[col];
                 for (int u = 1; u < units; u++)
-                    if (in[(size_t)u * Mp + m] > bv) { bv = in[(size_t)u * Mp + m]; best = u; }
+                    if (in[(size_t)u * Mp + col] > bv) { bv = in[(size_t)u * Mp + col]; best = u; }
                 labels[m] = (uint8_t)best;
             }
             int64_t bit = 0;
             for (int m = 0; m < M; m++)
                 for (int j = bits - 1; j >= 0; j--, bit++)
                     if ((labels[m] >> j) & 1) key[bit >> 3] |= (uint8_t)(0x80u >> (bit & 7));
+        } else if (pos) {
+            for (int m0 = 0; m0 < M; m0 += 8) {
+                unsigned byte = 0;
+                for (int j = 0; j < 8 && m0 + j < M; j++) byte |= (unsigned)(in[pos[m0 + j]] > 0.0f) << (7 - j);
+                key[m0 >> 3] = (uint8_t)byte;
+            }
         } else {
             for (int m0 = 0; m0 < M; m0 += 8) { /* branch-free: the signs are random */
                 unsigned byte = 0;

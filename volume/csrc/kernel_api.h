@@ -19,6 +19,12 @@ struct fcn_job {
     const float *xt;           /* (dims[0], mp) inputs, transposed, 64-byte aligned */
     uint32_t key0, key1;       /* Philox key of the block */
     int64_t start, stop;       /* draws of the block */
+    /* Optional first-layer plan (volume/fused.py first_layer_plan; NULL: the dense product).
+     * With it, xt's columns are the inputs permuted, pos[m] is input m's column, plan the
+     * int32 program of each chunk of CHUNK columns in turn, px its lane vectors (n, VW). */
+    const int32_t *pos;
+    const int32_t *plan;
+    const float *px;           /* 64-byte aligned */
 };
 
 #define DECLARE_KERNELS(sfx)                                                                   \

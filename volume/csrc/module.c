@@ -91,23 +91,25 @@ static int parse_numbers(PyObject *seq, void *out, int max, int as_float, const 
 }
 
 /* fcn_keys(keys, xt, dims, scales, sigma_b, biased, uniform, argmax, bits_per_label, m, key0, key1,
- *          start, stop, isa): keys (stop - start, key_bytes) uint8, writable; xt (dims[0], mp)
- *          float32 with mp = m rounded up to a multiple of 16. */
+ *          start, stop, isa[, pos, plan, px]): keys (stop - start, key_bytes) uint8, writable; xt
+ *          (dims[0], mp) float32 with mp = m rounded up to a multiple of 16; optionally a first-layer
+ *          plan for the vector width of isa (volume/fused.py first_layer_plan): pos (m,) int32,
+ *          plan int32, px (n, vector width) float32, xt's columns permuted by pos. */
 static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer keys, xt;
+    Py_buffer keys, xt, pos = {0}, plan = {0}, px = {0};
     PyObject *dims, *scales;
     struct fcn_job job;
     memset(&job, 0, sizeof job);
     unsigned int k0, k1;
     long long start, stop;
     const char *isa_name;
-    if (!PyArg_ParseTuple(args, "w*y*OOfiiiiiIILLs", &keys, &xt, &dims, &scales, &job.sigma_b, &job.biased,
+    if (!PyArg_ParseTuple(args, "w*y*OOfiiiiiIILLs|y*y*y*", &keys, &xt, &dims, &scales, &job.sigma_b, &job.biased,
                           &job.uniform, &job.argmax, &job.bits_per_label, &job.m, &k0, &k1, &start, &stop,
-                          &isa_name))
+                          &isa_name, &pos, &plan, &px))
         return NULL;
     PyObject *result = NULL;
-    float *xt_aligned = NULL;
+    float *xt_aligned = NULL, *px_aligned = NULL;
     int nd = parse_numbers(dims, job.dims, MAX_LAYERS + 1, 0, "dims");
     if (nd < 0) goto done;
     job.n_layers = nd - 1;
@@ -130,6 +132,18 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     if (!xt_aligned) { PyErr_NoMemory(); goto done; }
     memcpy(xt_aligned, xt.buf, (size_t)xt.len);
     job.xt = xt_aligned;
+    if (plan.buf && plan.len > 0) {
+        if (pos.len != (Py_ssize_t)job.m * 4 || plan.len % 4 || px.len == 0) {
+            PyErr_SetString(PyExc_ValueError, "fcn_keys: pos must have m int32 entries, plan int32 and px non-empty");
+            goto done;
+        }
+        px_aligned = aligned_alloc(64, ((size_t)px.len + 63) / 64 * 64);
+        if (!px_aligned) { PyErr_NoMemory(); goto done; }
+        memcpy(px_aligned, px.buf, (size_t)px.len);
+        job.pos = (const int32_t *)pos.buf;
+        job.plan = (const int32_t *)plan.buf;
+        job.px = px_aligned;
+    }
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = run_fcn(isa, &job, (uint8_t *)keys.buf);
@@ -138,8 +152,12 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     result = PyUnicode_FromString(ISA_NAMES[isa]);
 done:
     free(xt_aligned);
+    free(px_aligned);
     PyBuffer_Release(&keys);
     PyBuffer_Release(&xt);
+    if (pos.buf) PyBuffer_Release(&pos);
+    if (plan.buf) PyBuffer_Release(&plan);
+    if (px.buf) PyBuffer_Release(&px);
     return result;
 }
 
@@ -284,4 +302,10 @@ static PyMethodDef METHODS[] = {
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_fused", "The fused FCN sampler kernel.", -1, METHODS};
 
-PyMODINIT_FUNC PyInit__fused(void) { return PyModule_Create(&MODULE); }
+PyMODINIT_FUNC PyInit__fused(void) {
+    PyObject *m = PyModule_Create(&MODULE);
+    /* fcn_keys takes a first-layer plan (volume/fused.py checks this, so that a wrapper newer
+     * than the built extension, as on a cluster node with an older install, stays dense) */
+    if (m && PyModule_AddIntConstant(m, "FIRST_LAYER_PLAN", 1) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}
