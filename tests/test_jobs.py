@@ -58,6 +58,53 @@ def test_worker_counts_and_pools_give_identical_bytes(ray_local, spec, tmp_path)
         assert path.read_bytes() == expected, name
 
 
+def test_blocks_drawn_in_groups_give_identical_bytes(ray_local, spec, tmp_path, monkeypatch):
+    """A call draws a group of blocks (one Ray round trip per group): the saved table is the same."""
+    import volume.jobs as jobs
+
+    class Threes(jobs.GroupSize):
+        def size(self, workers: int) -> int:
+            return 3
+
+    monkeypatch.setattr(jobs, "GroupSize", Threes)
+    n = 12 * spec.block_size
+    ref = tmp_path / "inprocess.h5"
+    run_local(spec, n, ref)
+    for pool in ("actors", "tasks"):
+        seen: list[int] = []
+        out = tmp_path / f"{pool}.h5"
+        table = jobs.run_job(spec, n, out, workers=2, pool=pool, checkpoint_seconds=0.0, on_block=seen.append)
+        assert table.blocks.tolist() == list(range(12)) and sum(seen) == n
+        assert max(seen) == 3 * spec.block_size, seen  # groups were used
+        assert out.read_bytes() == ref.read_bytes(), pool
+
+
+def test_group_size_follows_the_measured_time_per_block():
+    from volume.jobs import GroupSize
+
+    now = [0.0]
+    g = GroupSize(target_seconds=0.5, max_blocks=64, clock=lambda: now[0])
+    assert g.size(2) == 1  # nothing measured yet
+    now[0] = 5.0
+    g.finished(1)  # the first call's time (start-up) is not counted
+    for _ in range(40):
+        now[0] += 0.024  # 2 workers, 48 ms per block each: 0.024 s of wall per finished block
+        g.finished(1)
+    assert g.size(2) == 10  # 0.5 s // 0.048 s
+    slow = GroupSize(clock=lambda: now[0])
+    slow.finished(1)
+    for _ in range(4):
+        now[0] += 3.0
+        slow.finished(1)
+    assert slow.size(2) == 1  # blocks of seconds: one per call
+    fast = GroupSize(max_blocks=64, clock=lambda: now[0])
+    fast.finished(1)
+    for _ in range(1000):
+        now[0] += 1e-5
+        fast.finished(1)
+    assert fast.size(2) == 64
+
+
 def test_resume_draws_only_missing_blocks(ray_local, spec, tmp_path):
     from volume.jobs import run_job
 
@@ -156,7 +203,7 @@ def test_killed_driver_resumes_to_the_identical_table(ray_local, tmp_path):
     assert 0 < len(partial.blocks) < n_blocks
     drawn: list[int] = []
     resumed = run_job(spec, n_blocks * spec.block_size, out, on_block=drawn.append)
-    assert len(drawn) == n_blocks - len(partial.blocks)
+    assert sum(drawn) == (n_blocks - len(partial.blocks)) * spec.block_size  # on_block(draws), per group of blocks
     run_job(spec, n_blocks * spec.block_size, ref)
     assert resumed.blocks.tolist() == list(range(n_blocks))
     assert out.read_bytes() == ref.read_bytes()

@@ -1,8 +1,10 @@
 """Sampling jobs on Ray: the blocks of a job are drawn by a pool of long-lived actors (or
 as one Ray task each), counted where they are drawn and folded into one table with
 periodic atomic checkpoints. Actors are the default: each keeps its Sampler (inputs,
-buffers) and a queue of two blocks, so it never waits for the driver between blocks;
-benchmarks/RESULTS.md has the measurements.
+buffers) and a queue of two calls, so it never waits for the driver between blocks;
+benchmarks/RESULTS.md has the measurements. A call draws a group of consecutive blocks
+(``GroupSize``: about half a second of work, learnt from the calls that finished), because a
+Ray round trip per 25 ms block of boolean7 cost the driver ~1 ms of the CPU the workers share.
 
 A job is (spec, number of draws, output table); its seed is ``spec.seed``. It needs blocks
 0 .. ceil(n / block_size) - 1 (``volume.runner.blocks_needed``); the blocks the output
@@ -242,23 +244,54 @@ def worker_sampler(spec: ExperimentSpec, sub_batch: int | None = None, device: s
     return sampler
 
 
-def count_block(spec: ExperimentSpec, block: int, sub_batch: int | None = None,
+def count_group(spec: ExperimentSpec, blocks: tuple[int, ...], sub_batch: int | None = None,
                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Draw block ``block`` and count it: (sorted unique keys, counts). Counting where the
-    block is drawn sends the driver U_block keys instead of block_size."""
-    return count_keys(worker_sampler(spec, sub_batch, device).keys(block))
+    """Draw the blocks of ``blocks`` and count them together: (sorted unique keys, counts) of
+    their union. One call per group instead of per block: a block of boolean7 takes ~25 ms, and a
+    Ray round trip costs the driver about a millisecond of the CPU the workers share."""
+    sampler = worker_sampler(spec, sub_batch, device)
+    if len(blocks) == 1:
+        return count_keys(sampler.keys(blocks[0]))
+    return count_keys(np.concatenate([sampler.keys(b) for b in blocks]))
 
 
 class BlockCounter:
-    """Actor form of :func:`count_block`: a long-lived process holding one Sampler."""
+    """Actor form of :func:`count_group`: a long-lived process holding one Sampler."""
 
     def __init__(self, spec: ExperimentSpec, sub_batch: int | None = None, device: str = "cpu"):
         self.args = (spec, sub_batch, device)
         worker_sampler(*self.args)
 
-    def count(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+    def count(self, blocks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         spec, sub_batch, device = self.args
-        return count_block(spec, block, sub_batch, device)
+        return count_group(spec, blocks, sub_batch, device)
+
+
+class GroupSize:
+    """How many blocks one Ray call draws: about ``target_seconds`` of a worker's time, learnt
+    from the calls that finished (seconds per block = wall time per finished block x workers),
+    between 1 and ``max_blocks``. The first calls take one block each. The grouping changes
+    only how the blocks travel: the table is the union of the blocks whatever the groups."""
+
+    def __init__(self, target_seconds: float = 0.5, max_blocks: int = 64, clock=time.monotonic):
+        self.target = target_seconds
+        self.max_blocks = max_blocks
+        self.clock = clock
+        self.first: float | None = None  # when the first call finished (start-up not counted)
+        self.done = 0  # blocks finished since then
+
+    def finished(self, n_blocks: int) -> None:
+        if self.first is None:
+            self.first = self.clock()
+        else:
+            self.done += n_blocks
+
+    def size(self, workers: int) -> int:
+        workers = max(workers, 1)
+        if self.first is None or self.done < 2 * workers:
+            return 1
+        per_block = (self.clock() - self.first) * workers / self.done
+        return int(min(self.max_blocks, max(1, self.target // max(per_block, 1e-9))))
 
 
 def _get(ray, ref):
@@ -273,7 +306,7 @@ def _get(ray, ref):
 
 # ---- dispatch -----------------------------------------------------------------------
 class _TaskPool:
-    """One Ray task per block, ``cap`` running at once (the cap follows the cluster's CPUs
+    """One Ray task per group of blocks, ``cap`` running at once (the cap follows the cluster's CPUs
     unless fixed). When the cap is the whole cluster, ``depth`` tasks per worker are
     submitted, so that a worker starts its next block without waiting for the driver (Ray
     queues the extra tasks until a CPU is free); a cap below the cluster's CPUs is kept
@@ -282,12 +315,12 @@ class _TaskPool:
 
     def __init__(self, ray, spec_ref, sub_batch, device, max_retries, cap, whole_cluster: bool, depth: int = 2):
         resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
-        self.fn = ray.remote(count_block).options(max_retries=max_retries, retry_exceptions=False, **resources)
+        self.fn = ray.remote(count_group).options(max_retries=max_retries, retry_exceptions=False, **resources)
         self.args = (sub_batch, device)
         self.spec_ref = spec_ref
         self.cap = cap
         self.depth = depth if whole_cluster else 1
-        self.inflight: dict = {}  # ref -> block
+        self.inflight: dict = {}  # ref -> group of blocks
 
     def has_room(self) -> bool:
         return len(self.inflight) < self.cap * self.depth
@@ -296,12 +329,12 @@ class _TaskPool:
         self.cap = slots
         return self.cap
 
-    def submit(self, block: int) -> None:
-        self.inflight[self.fn.remote(self.spec_ref, block, *self.args)] = block
+    def submit(self, group: tuple[int, ...]) -> None:
+        self.inflight[self.fn.remote(self.spec_ref, group, *self.args)] = group
 
-    def take(self, ref) -> tuple[int, str | None]:
-        """(block, why it was lost or None): lost blocks go back to the queue (Ray itself
-        retries a task whose worker died, so a task's block is never lost here)."""
+    def take(self, ref) -> tuple[tuple[int, ...], str | None]:
+        """(group, why it was lost or None): lost blocks go back to the queue (Ray itself
+        retries a task whose worker died, so a task's blocks are never lost here)."""
         return self.inflight.pop(ref), None
 
     def close(self, ray) -> None:  # interrupted or failed: stop the blocks still running
@@ -326,7 +359,7 @@ class _ActorPool:
         self.depth = depth
         self.load = {self.cls.remote(*self.args): 0 for _ in range(size)}  # actor -> blocks queued on it
         self.starting: dict = {}  # ready ref -> actor not yet known to be placed
-        self.inflight: dict = {}  # ref -> (block, actor)
+        self.inflight: dict = {}  # ref -> (group of blocks, actor)
         self.cap = size
 
     def _promote(self) -> None:
@@ -355,14 +388,14 @@ class _ActorPool:
         self.cap = len(self.load) + len(self.starting)
         return self.cap
 
-    def submit(self, block: int) -> None:
+    def submit(self, group: tuple[int, ...]) -> None:
         if not self.load:  # every actor died: start one (it waits for a CPU like a task would)
             self.load[self.cls.remote(*self.args)] = 0
         actor = min(self.load, key=self.load.get)
         self.load[actor] += 1
-        self.inflight[actor.count.remote(block)] = (block, actor)
+        self.inflight[actor.count.remote(group)] = (group, actor)
 
-    def take(self, ref) -> tuple[int, str | None]:
+    def take(self, ref) -> tuple[tuple[int, ...], str | None]:
         block, actor = self.inflight.pop(ref)
         try:
             self.ray.get(ref, timeout=0)
@@ -401,29 +434,34 @@ def _count_blocks(ray, spec: ExperimentSpec, todo: list[int], acc: BlockAccumula
     if on_workers is not None:
         on_workers(runner.cap)
     last_check = time.monotonic()
+    grouping = GroupSize()
     try:
         while queue or runner.inflight:
             if stop is not None and stop():
                 raise JobCancelled("the job was cancelled; the blocks counted so far are saved")
             while queue and runner.has_room():
-                runner.submit(queue.popleft())
+                # never more than a fair share of what is left, so the last calls stay balanced
+                n = min(grouping.size(runner.cap), max(1, len(queue) // max(runner.cap, 1)))
+                runner.submit(tuple(queue.popleft() for _ in range(min(n, len(queue)))))
             ready, _ = ray.wait(list(runner.inflight), num_returns=1, timeout=1.0)
             if ready:  # also take whatever else is ready now
                 ready, _ = ray.wait(list(runner.inflight), num_returns=len(runner.inflight), timeout=0)
             for ref in ready:
-                b, lost = runner.take(ref)
+                group, lost = runner.take(ref)
                 if lost:
-                    lost_count[b] = lost_count.get(b, 0) + 1
-                    if lost_count[b] > max_retries:
-                        raise VolumeError(f"block {b} lost its worker {lost_count[b]} times (last: {lost}); the "
-                                          "worker process dies drawing it (out of memory?): use a smaller network "
-                                          "or block_size; the blocks counted so far are saved")
-                    queue.appendleft(b)
+                    for b in group:
+                        lost_count[b] = lost_count.get(b, 0) + 1
+                        if lost_count[b] > max_retries:
+                            raise VolumeError(f"block {b} lost its worker {lost_count[b]} times (last: {lost}); the "
+                                              "worker process dies drawing it (out of memory?): use a smaller network "
+                                              "or block_size; the blocks counted so far are saved")
+                    queue.extendleft(reversed(group))
                     continue
                 keys, counts = _get(ray, ref)
-                acc.add_table(FrequencyTable(spec, keys, counts, [b]))
+                acc.add_table(FrequencyTable(spec, keys, counts, list(group)))
+                grouping.finished(len(group))
                 if on_block is not None:
-                    on_block(spec.block_size)
+                    on_block(spec.block_size * len(group))
             if workers is None and queue and time.monotonic() - last_check > 2.0:  # follow nodes joining/leaving
                 last_check = time.monotonic()
                 before = runner.cap
@@ -445,10 +483,10 @@ def run_job(spec: ExperimentSpec, n_draws: int, out: str | Path | None = None, *
 
     ``workers`` is the number of blocks drawn at once (default: the cluster's CPUs, followed
     as nodes come and go); with a local instance it is also its number of CPUs. ``pool`` is
-    'actors' (long-lived actors, each keeping its Sampler and a queue of two blocks: no
+    'actors' (long-lived actors, each keeping its Sampler and a queue of two calls: no
     driver round trip between blocks) or 'tasks' (one Ray task per block, retried by Ray);
     both give the same table.
-    ``on_block(draws)`` is called after each counted block and ``on_workers(n)`` when the
+    ``on_block(draws)`` is called after each counted group of blocks and ``on_workers(n)`` when the
     number of workers changes (progress bars). ``max_retries``: how often a block whose worker
     died is drawn again before the job fails. ``stop()`` returning true cancels the job
     (:class:`~volume.runner.JobCancelled`, raised after the counted blocks are saved).
