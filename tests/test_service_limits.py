@@ -295,7 +295,7 @@ def test_finished_jobs_expire(tmp_path):
 
 
 def test_a_block_whose_worker_keeps_dying_fails_the_job():
-    """The actor pool's retry bound, with a stand-in for Ray whose actors die drawing block 2."""
+    """The actor pool's retry bound, with a stand-in for Ray whose actors die drawing a group with block 2."""
     from types import SimpleNamespace
 
     from volume.jobs import _count_blocks
@@ -310,7 +310,7 @@ def test_a_block_whose_worker_keeps_dying_fails_the_job():
 
     class Actor:
         def __init__(self, *args):
-            self.count = SimpleNamespace(remote=lambda b: Ref(b, b == 2))
+            self.count = SimpleNamespace(remote=lambda group: Ref(group, 2 in group))  # a call draws a group of blocks
             self.__ray_ready__ = SimpleNamespace(remote=lambda: Ref(-1, False))
 
     spec = _spec(block_size=16)
