@@ -126,3 +126,16 @@ def test_service_and_client(counted):
         assert r.status_code == status, (body, r.text)
     with pytest.raises(ServiceError):
         client.logp([f], table="tiny", method="magic")
+
+
+def test_logp_cost_check_bounds_a_replicas_memory_as_well_as_its_work():
+    """A wide network on few inputs is cheap in multiply-adds but not in memory: 700 particles of
+    a 1-4096-4096-1 network hold ~3 x 700 x 16.8M floats; refused before any work starts."""
+    from volume.limits import LimitExceeded, Limits, check_logp
+    from volume.spec import FCN, BooleanCube, ExperimentSpec
+
+    wide = ExperimentSpec(architecture=FCN(hidden=(4096, 4096)), inputs=BooleanCube(n=1))
+    with pytest.raises(LimitExceeded, match="bytes of one nested-sampling replica"):
+        check_logp(wide, Limits(), "nested", 1, NestedSettings(particles=700, replicas=1, moves=1, max_levels=10))
+    check_logp(ExperimentSpec(architecture=FCN(hidden=(40, 40)), inputs=BooleanCube(n=7)), Limits(), "nested", 1,
+               NestedSettings(max_levels=1500, moves=1))  # the examples' network at the service's default passes

@@ -211,3 +211,12 @@ def check_logp(spec, limits: Limits, method: str, n_functions: int, settings) ->
         work = work_bound(spec, settings, inputs.shape, inputs.n_inputs) * n_functions
         cap("worst-case multiply-adds of nested sampling", int(work), int(limits.max_logp_work),
             "ask for fewer particles, replicas or functions")
+        # one replica holds its particles, their proposals and directions (3 N D floats) and one
+        # forward chunk's parameters and activations
+        layers = _layers(spec)
+        params = sum(fi * fo + fo for _, fi, fo, _ in layers)
+        acts = sum(fo * pos for _, _, fo, pos in layers)
+        n, chunk = settings.particles, min(settings.batch, settings.particles)
+        cap("bytes of one nested-sampling replica (3 x particles x parameters, one chunk's forward)",
+            4 * (3 * n * params + chunk * (params + inputs.n_inputs * acts)), limits.max_worker_bytes,
+            "ask for fewer particles, or use a smaller network")

@@ -174,7 +174,7 @@ def log_p(spec: ExperimentSpec, function: Any, method: str = "auto", *, table: A
 
             # the SE comes from R replicas: a Student-t interval with R - 1 degrees of freedom
             half = float(student_t.ppf(0.5 + confidence / 2, len(r.replicas) - 1)) * r.stderr
-            interval = (r.log_p - half, r.log_p + half)
+            interval = (r.log_p - half, min(r.log_p + half, 0.0))  # ln P <= 0
         res = LogP("nested", r.log_p, r.stderr, upper_bound=not r.converged, interval=interval, reason=reason,
                    diagnostics=r.to_dict())
     return _named(res, text)

@@ -223,7 +223,6 @@ class Margin:
 
     # -- exact handling of inputs the prior fixes
     def _active_inputs(self, inputs: InputSet) -> np.ndarray:
-        m = len(self.labels)
         gen = torch.Generator().manual_seed(0x5EED)
         probe = torch.randn(FIXED_PROBES, self.dim, generator=gen, dtype=self.dtype)
         with torch.no_grad():
@@ -404,15 +403,10 @@ class ReplicaTask:
 
 def macs_per_evaluation(spec: ExperimentSpec, input_shape: tuple[int, ...], n_inputs: int) -> int:
     """Multiply-adds of one network on ``n_inputs`` inputs (dense: weights; conv: weights x positions)."""
-    total, hw = 0, math.prod(input_shape[1:]) if len(input_shape) == 3 else 1
-    for layer in layer_shapes(spec, input_shape):
-        w = math.prod(layer.weight_shape)
-        if layer.kind == "conv":
-            total += w * hw
-            hw = hw // 4 if layer.pool != "none" else hw
-        else:
-            total += w
-    return total * n_inputs
+    from volume.layers import walk
+
+    layers = layer_shapes(spec, input_shape)
+    return n_inputs * sum(math.prod(layer.weight_shape) * layer.positions(shape) for layer, shape in walk(layers, input_shape))
 
 
 def work_bound(spec: ExperimentSpec, settings: NestedSettings, input_shape: tuple[int, ...], n_inputs: int) -> float:
@@ -528,8 +522,8 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
     reason = None
     if sd is not None and sd > MAX_REPLICA_SD:
         reason = (f"replicas spread by sd = {sd:.1f} nats (> {MAX_REPLICA_SD:g}): the log-normal combination is not "
-                  f"reliable, so ln P is the log of the replicas' mean probability, with a wide error bar; "
-                  f"use more particles and replicas")
+                  f"reliable, so ln P is the log of the replicas' mean probability, with the log-normal error "
+                  f"bar (wide, not checked against repeated seeds in this regime); use more particles and replicas")
     return NestedResult(log_p=log_p, stderr=se, converged=True, reason=reason, replicas=values, mean_replica=mean,
                         replica_sd=sd, **diag, **common)
 

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from volume.checks import training_indices
 from volume.errors import VolumeError
 from volume.keys import bits_per_label, key_bytes, pack_labels, unpack_keys
 from volume.spec import ExperimentSpec
@@ -119,9 +120,7 @@ def count_posteriors(spec: ExperimentSpec, conditions: Sequence[Condition], bloc
     n, classes = spec.n_inputs, spec.output.classes
     masks = []
     for c in conditions:
-        train = np.asarray(c.train, dtype=np.int64)
-        if train.size == 0 or train.min() < 0 or train.max() >= n or len(np.unique(train)) != train.size:
-            raise VolumeError(f"a condition's training inputs must be distinct indices in 0..{n - 1}")
+        train = training_indices(c.train, n, "a condition's training inputs")
         if len(c.labels) != train.size or np.any(np.asarray(c.labels) >= max(classes, 2)):
             raise VolumeError(f"a condition needs one label < {max(classes, 2)} per training input")
         masks.append(fit_masks(n, classes, train, np.asarray(c.labels)))
