@@ -144,7 +144,7 @@ def test_block_accumulator_folds_in_any_order(boolean_spec, tmp_path):
             assert FrequencyTable.load(path) == whole
 
 
-@pytest.mark.parametrize("width", [1, 3, 8, 9, 16, 17, 32])
+@pytest.mark.parametrize("width", [1, 3, 8, 9, 16, 17, 32, 33, 100])  # words up to 32 bytes, byte strings above
 def test_count_keys_equals_a_counter_of_byte_strings(width):
     """count_keys sorts keys as big-endian 64-bit words (padded): the order must be the bytes'."""
     from collections import Counter

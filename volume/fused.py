@@ -162,7 +162,9 @@ class FusedFCN:
         if first_layer not in ("auto", "plan", "dense"):
             raise ValueError(f"first_layer: 'auto', 'plan' or 'dense', not {first_layer!r}")
         self.plan = None  # (pos, plan, px) for the kernel
-        vw = VECTOR_WIDTH.get(isas()[0] if isa == "auto" else isa)  # None: the kernel names the bad isa
+        if isa == "auto" and isas():
+            isa = isas()[0]  # pinned: a plan is laid out for one vector width, and the kernel must use that one
+        vw = VECTOR_WIDTH.get(isa)  # None: the kernel names the bad isa
         if first_layer != "dense" and len(layers) >= 2 and vw and getattr(_fused, "FIRST_LAYER_PLAN", 0):
             order, xs, plan, px, fmas = first_layer_plan(x, vw)
             if first_layer == "plan" or fmas <= PLAN_GAIN * (mp // vw) * x.shape[1]:
