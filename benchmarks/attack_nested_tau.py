@@ -1,11 +1,11 @@
 """Kendall tau of the finite-network ln P(f) (nested sampling) against test error, from the
 results.csv of an attack-set run with volume = ["nested", ...] (benchmarks/RESULTS.md, Issue 11).
 
-The experiment's nested column is the replicas' log-normal combination
-ln P = mean(l) + s^2/2 with SE^2 = s^2/R + s^4/(2(R-1)) (volume/nested.py); from (ln P, SE) and R
-this recovers, exactly, the replicas' mean mean(l) and spread s:
-s^2 = v with v^2/(2(R-1)) + v/R = SE^2. With a large spread s the s^2/2 term dominates the
-combined value; the replicas' mean (biased low by ~s^2/2, but not blown up) is reported next to it.
+The experiment writes the replicas' mean and spread (``log_prior_nested_replica_mean`` /
+``_replica_sd``); outputs made before those columns existed (the ESS run of RESULTS.md) are read
+by inverting the log-normal combination ln P = mean(l) + s^2/2, SE^2 = s^2/R + s^4/(2(R-1))
+(exact there: the fallback for spreads above 2 nats came later), given R (``--replicas``).
+Besides the Kendall taus of correlations.csv this prints the nested - GP gap as z-scores.
 
     python benchmarks/attack_nested_tau.py RESULTS_DIR [--replicas 4]
 """
@@ -27,12 +27,19 @@ def replica_mean_sd(log_p: float, se: float, r: int) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("results")
-    ap.add_argument("--replicas", type=int, default=4)
+    ap.add_argument("--replicas", type=int, default=4, help="R of an output without the replica columns")
     args = ap.parse_args()
     rows = list(csv.DictReader(open(f"{args.results}/results.csv")))
     for r in rows:
-        m, s = replica_mean_sd(float(r["log_prior_nested"]), float(r["log_prior_nested_se"]), args.replicas)
+        if r.get("log_prior_nested_replica_mean"):  # written by the experiment
+            m, s = float(r["log_prior_nested_replica_mean"]), float(r["log_prior_nested_replica_sd"])
+        else:  # an older output: invert the log-normal combination
+            m, s = replica_mean_sd(float(r["log_prior_nested"]), float(r["log_prior_nested_se"]), args.replicas)
         r["nested_replica_mean"], r["nested_replica_sd"] = m, s
+    z = [(float(r["log_prior_nested"]) - float(r["log_prior_gp"]))
+         / math.hypot(float(r["log_prior_nested_se"]), float(r["log_prior_gp_se"] or 0)) for r in rows]
+    print(f"nested - GP as z = gap / combined SE over {len(z)} functions: median {np.median(z):+.2f}, "
+          f"|z| <= 2 for {sum(abs(v) <= 2 for v in z)}, rms {math.sqrt(np.mean(np.square(z))):.2f}\n")
     sizes = sorted({int(r["attack_size"]) for r in rows})
     cols = ["log_prior_nested", "nested_replica_mean", "log_prior_gp", "log_prior_gp_st"]
     print("| attack size | n | nested replica sd median [max] | nested replica mean - GP, mean [min, max] |")
