@@ -157,3 +157,34 @@ def test_count_keys_equals_a_counter_of_byte_strings(width):
     uniq, counts = count_keys(keys)
     want = sorted(Counter(map(bytes, keys)).items())
     assert [bytes(k) for k in uniq] == [k for k, _ in want] and counts.tolist() == [c for _, c in want]
+
+
+@pytest.mark.parametrize("blocks", [
+    [5, 1, 3], (2, 0), range(4, -1, -1), (b for b in (9, 2, 4)), np.array([7, 3, 5], np.int32),
+    np.array([3, 1], np.uint64), np.array([True, False]), [np.int16(4), np.int64(2)], [2.0, 1.0],
+    np.array([6.0, 2.0]), [], np.zeros(0), np.arange(100_000)[::-1]])
+def test_sorted_blocks_equal_the_python_sort(boolean_spec, blocks):
+    """The numpy sort of a table's blocks gives the int64 array that sorting them as Python
+    ints gave (the table's bytes on disk are unchanged)."""
+    from volume.table import sorted_blocks
+
+    items = list(blocks) if not hasattr(blocks, "__len__") else blocks
+    want = np.asarray(sorted(int(b) for b in items), dtype=np.int64)
+    got = sorted_blocks(iter(items) if not hasattr(blocks, "__len__") else blocks)
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+    t = FrequencyTable(boolean_spec, np.zeros((0, 1), np.uint8), np.zeros(0, np.uint64), got[::-1])
+    assert np.array_equal(t.blocks, want)
+    if len(want) > 1:
+        with pytest.raises(TableError, match="twice"):
+            FrequencyTable(boolean_spec, np.zeros((0, 1), np.uint8), np.zeros(0, np.uint64), [*want, want[-1]])
+
+
+def test_lookup_counted_against_a_dict():
+    from volume.table import count_keys, lookup_counted
+
+    rng = np.random.default_rng(4)
+    keys, counts = count_keys(rng.integers(0, 3, (500, 3), dtype=np.uint8))
+    ref = {bytes(k): int(c) for k, c in zip(keys, counts)}
+    query = rng.integers(0, 4, (200, 3), dtype=np.uint8)
+    assert lookup_counted(keys, counts, query).tolist() == [ref.get(bytes(q), 0) for q in query]
+    assert lookup_counted(keys[:0], counts[:0], query).tolist() == [0] * 200
