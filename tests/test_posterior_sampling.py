@@ -69,3 +69,90 @@ def test_bad_posterior_requests():
         count_posteriors(SPEC, [Condition(np.array([0, 16]), np.array([0, 1], np.uint8), np.arange(4))], 1)
     with pytest.raises(VolumeError, match="label"):
         count_posteriors(SPEC, [Condition(np.array([0, 1]), np.array([0, 2], np.uint8), np.arange(4))], 1)
+
+
+def test_counts_equal_a_brute_force_count_of_the_prior_table():
+    """The packed counts against the prior table of the same draws, walked function by function:
+    every table function that fits S adds its count to its labels on E."""
+    from volume.keys import unpack_keys
+    from volume.table import FrequencyTable
+
+    sampler = Sampler(SPEC)
+    table = FrequencyTable.from_labels(SPEC, np.concatenate([sampler.labels(b) for b in range(5)]), range(5))
+    y = unpack_keys(table.keys[np.argmax(table.counts)], 16)[0]
+    conds = [Condition(np.array([2, 7]), y[[2, 7]], np.array([1, 2, 4, 7, 8, 15])),
+             Condition(np.array([0, 3, 9, 10]), y[[0, 3, 9, 10]], np.arange(16))]
+    for c, p in zip(conds, count_posteriors(SPEC, conds, 5)):
+        brute: dict[bytes, int] = {}
+        for key, n in zip(table.keys, table.counts):
+            lab = unpack_keys(key, 16)[0]
+            if all(lab[i] == l for i, l in zip(c.train, c.labels)):
+                brute[bytes(lab[c.evaluate])] = brute.get(bytes(lab[c.evaluate]), 0) + int(n)
+        assert p.counts == brute and p.n_consistent == sum(brute.values()) and p.n_draws == table.n_samples
+        # the table's layout: sorted unique packed keys on E, uint64 counts
+        assert p.n_distinct == len(brute) and p.key_counts.dtype == np.uint64
+        assert all(bytes(a) < bytes(b) for a, b in zip(p.keys[:-1], p.keys[1:]))
+        labs = np.array([np.frombuffer(f, np.uint8) for f in brute])
+        assert p.lookup(labs).tolist() == list(brute.values())
+        assert p.lookup(1 - labs[:1, :]).tolist() == [brute.get(bytes(1 - labs[0]), 0)]
+
+
+def test_memory_is_bounded_before_the_pass():
+    """A pass whose worst-case memory is above the cap is refused before its first draw, with
+    the field and the fix; one at the cap runs and holds no more than the bound (tracemalloc,
+    numpy's allocations included), on draws that make the bound nearly tight (every fitting
+    draw a new function)."""
+    import tracemalloc
+
+    from volume.limits import LimitExceeded
+    from volume.posterior_sampling import FOLD_ROWS, memory_bound
+
+    spec = SPEC.replace(inputs=SPEC.inputs.__class__(n=5), block_size=4096)  # 32 inputs, 4-byte keys
+    blocks = 48  # 196,608 draws, ~160,000 fit S, nearly all distinct: several folds above FOLD_ROWS
+    c = Condition(np.array([0, 9]), np.array([1, 0], np.uint8), np.arange(32))
+    mask, key = fit_masks(32, 2, c.train, c.labels)
+    rng = np.random.default_rng(0)
+    drawn = [rng.integers(0, 256, (spec.block_size, 4), dtype=np.uint8) for _ in range(blocks)]
+    for d in drawn:  # three draws in four fit S (the rest fit with probability 1/4)
+        d[1::4] = (d[1::4] & ~mask) | key
+        d[2::4] = (d[2::4] & ~mask) | key
+        d[3::4] = (d[3::4] & ~mask) | key
+
+    class Source:
+        calls = 0
+
+        def keys(self, b):
+            self.calls += 1
+            return drawn[b]
+
+    bound = memory_bound(spec, [(2, 32)], blocks * spec.block_size)
+    src = Source()
+    with pytest.raises(LimitExceeded, match=r"blocks = 48: .* use fewer blocks, or fewer the evaluated inputs"):
+        count_posteriors(spec, [c], blocks, source=src, max_bytes=bound - 1)
+    assert src.calls == 0
+    tracemalloc.start()
+    try:
+        post = count_posteriors(spec, [c], blocks, source=src, max_bytes=bound)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert src.calls == blocks and post.n_distinct > 2 * FOLD_ROWS
+    assert post.keys.nbytes + post.key_counts.nbytes < peak <= bound, (peak, bound)
+    # the experiment refuses such a config when it is loaded, naming its own fields
+    from volume.experiments.sgd_vs_bayes import SgdBayesConfig
+
+    base = {"spec": "examples/boolean7.toml", "target": "majority", "train_sizes": [16, 32],
+            "training": {"optimizer": "adam"}}
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    SgdBayesConfig.from_dict({**base, "prior_blocks": 16384, "test_size": 6}, root)
+    with pytest.raises(LimitExceeded, match=r"prior_blocks = 16384: .*fewer prior_blocks, or fewer test inputs \(test_size\)"):
+        SgdBayesConfig.from_dict({**base, "prior_blocks": 16384}, root)
+
+
+def test_log_p_refuses_labels_that_are_not_a_function_on_e():
+    c = Condition(np.array([0, 1]), np.array([0, 1], np.uint8), np.arange(4))
+    p = count_posteriors(SPEC, [c], 1)[0]
+    assert p.log_p(np.array([0, 1, 0, 0], np.uint8))[2] == p.lookup(np.array([0, 1, 0, 0]))[0]
+    for bad in (np.zeros(5, np.uint8), np.array([0, 1, 2, 0])):
+        with pytest.raises(VolumeError, match="one label in 0..1 per evaluated input"):
+            p.log_p(bad)

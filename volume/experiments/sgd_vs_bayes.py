@@ -104,6 +104,11 @@ class SgdBayesConfig(TomlConfig):
         for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads", "test_size"):
             if name in d:
                 _positive(name, d[name])
+        from volume.posterior_sampling import check_memory
+
+        n, test_size = spec.n_inputs, d.get("test_size")
+        check_memory(spec, [(m, m + (n - m if test_size is None else min(test_size, n - m))) for m in sizes],
+                     d.get("prior_blocks", 16), blocks_field="prior_blocks", evaluate_field="test inputs (test_size)")
         check = d.get("check_blocks", 0)
         if isinstance(check, bool) or not isinstance(check, int) or not 0 <= check <= d.get("prior_blocks", 16):
             raise _err("check_blocks", check, "0 (no check) or a number of blocks <= prior_blocks")
@@ -191,7 +196,7 @@ def run_size(m: int, config: SgdBayesConfig, post, inputs, target: np.ndarray, K
     opt_e = project(opt, ev)
     if any(not np.array_equal(np.frombuffer(f, np.uint8)[pos_s], target[train]) for f in opt_e):
         raise VolumeError("an optimizer-found function disagrees with S: the training bookkeeping is wrong")
-    prior_e, n_u, n_draws = post.counts, post.n_consistent, post.n_draws
+    n_u, n_draws = post.n_consistent, post.n_draws
     use_counts = n_u >= config.min_consistent  # a handful of fitting draws give no usable P(f|S) nor error bar
     gp = gp_posterior(K, train, target[train], target)
     log_pu, log_pu_se = post.log_p_u()
@@ -222,9 +227,11 @@ def run_size(m: int, config: SgdBayesConfig, post, inputs, target: np.ndarray, K
                 f"{v.method}/{pu_method}")
 
     rows = []
-    for f, n_opt in sorted(opt_e.items(), key=lambda kv: -kv[1]):
+    found = sorted(opt_e.items(), key=lambda kv: -kv[1])
+    n_prior = post.lookup(np.stack([np.frombuffer(f, np.uint8) for f, _ in found])) if found else []
+    for (f, n_opt), n_f in zip(found, n_prior):
         lab_e = np.frombuffer(f, np.uint8)
-        n_f = prior_e.get(f, 0)
+        n_f = int(n_f)
         err = float(np.mean(lab_e[pos_t] != target[test]))
         counted_here = use_counts and n_f > 0
         row = {"train_size": m, "function": labels_to_hex(lab_e, opt.classes), "error": err, "n_opt": n_opt,
@@ -245,10 +252,11 @@ def run_size(m: int, config: SgdBayesConfig, post, inputs, target: np.ndarray, K
     for r in rows:
         opt_err[r["error"]] = opt_err.get(r["error"], 0) + r["n_opt"]
     bayes_err: dict[float, int] = {}
-    if n_u >= config.min_consistent:
-        for f, c in prior_e.items():
-            e = float(np.mean(np.frombuffer(f, np.uint8)[pos_t] != target[test]))
-            bayes_err[e] = bayes_err.get(e, 0) + c
+    if n_u >= config.min_consistent:  # test errors of the counted functions, a chunk of packed keys at a time
+        by_wrong = np.zeros(test.size + 1, dtype=np.int64)
+        for lab, c in post.functions():
+            np.add.at(by_wrong, np.count_nonzero(lab[:, pos_t] != target[test][None, :], axis=1), c.astype(np.int64))
+        bayes_err = {k / test.size: int(by_wrong[k]) for k in np.flatnonzero(by_wrong).tolist()}
     counted_bayes = bool(bayes_err)
     err_rows = [{"train_size": m, "error": e, "n_opt": opt_err.get(e, 0), "p_opt": opt_err.get(e, 0) / n_conv,
                  "n_bayes": bayes_err.get(e, 0) if counted_bayes else None,
@@ -260,7 +268,7 @@ def run_size(m: int, config: SgdBayesConfig, post, inputs, target: np.ndarray, K
     summary = {"train_size": m, "test_size": int(test.size), "functions_on": "all inputs" if full else "S and T",
                "trainings": n_conv + failed, "n_converged": n_conv,
                "n_failed": failed, "n_functions_opt": len(opt_e), "prior_draws": n_draws,
-               "n_consistent_prior": n_u, "n_functions_consistent_prior": len(prior_e),
+               "n_consistent_prior": n_u, "n_functions_consistent_prior": post.n_distinct,
                "log_p_u_counted": log_pu, "log_p_u_counted_se": log_pu_se,
                "log_p_u_gp": gp_pu.log_p, "log_p_u_gp_se": gp_pu.stderr, "log_p_u_gp_method": gp_pu.method,
                "expected_error_opt": float(sum(r["error"] * r["n_opt"] for r in rows) / n_conv) if n_conv else None,
