@@ -66,3 +66,30 @@ def test_bad_files(tmp_path):
     p.write_text("[prior\nsigma_w=1")
     with pytest.raises(SpecError, match="not valid TOML"):
         ExperimentSpec.load(p)
+
+
+def test_cached_spec_ids_cannot_go_stale():
+    """spec_id_under is computed once per spec object and stream; the cache is invisible to
+    equality, hashing, copies and pickles, and a changed spec is a new object with its own id."""
+    import copy
+    import dataclasses
+    import hashlib
+    import pickle
+
+    spec = ExperimentSpec.from_dict({"seed": 4, "architecture": {"kind": "fcn", "hidden": [3, 2]}})
+
+    def fresh(s, stream):
+        return hashlib.sha256(s.canonical_json(stream).encode()).hexdigest()[:16]
+
+    for stream in (1, 2, 1, 2):
+        assert spec.spec_id_under(stream) == fresh(spec, stream)
+    assert spec.spec_id_under(1) != spec.spec_id_under(2)
+    twin = ExperimentSpec.from_dict({"seed": 4, "architecture": {"kind": "fcn", "hidden": [3, 2]}})
+    assert spec == twin and hash(spec) == hash(twin) and spec.to_dict() == twin.to_dict()
+    assert "_ids" not in pickle.loads(pickle.dumps(spec)).__dict__ and "_ids" not in copy.copy(spec).__dict__
+    assert pickle.loads(pickle.dumps(spec)).spec_id == spec.spec_id == copy.deepcopy(spec).spec_id
+    other = spec.replace(seed=5)
+    assert other.spec_id == fresh(other, 2) != spec.spec_id
+    with pytest.raises(dataclasses.FrozenInstanceError):  # what the cache relies on, down to the sections
+        spec.architecture.hidden = (4,)
+    assert isinstance(spec.architecture.hidden, tuple)
