@@ -1,9 +1,9 @@
 """What the driver of `volume sample` spends on folding counted blocks into the table and on
 checkpoints, for a job of N boolean7-like draws, without Ray or sampling: the per-block counted
 keys a worker sends are made up (synthetic 16-byte keys, about 72% distinct as boolean7 draws at
-10^7-10^8), and the clock the accumulator reads advances by the sampling time of each block
-(``--rate`` draws/s for the whole machine) plus the driver's own time, so checkpoints fall as
-in a real job. Two accumulators in the same run: ``lsm`` (volume.runner.BlockAccumulator:
+10^7-10^8), and the clock given to the accumulator (``clock=``; the process's ``time.monotonic``
+is left alone) advances by the sampling time of each block (``--rate`` draws/s for the whole
+machine) plus the driver's own time, so checkpoints fall as in a real job. Two accumulators in the same run: ``lsm`` (volume.runner.BlockAccumulator:
 log-structured runs, linear merges in the extension, plain keys on disk) and ``flat`` (the
 accumulator before issue 14's fix: all blocks since the last checkpoint re-counted and folded into
 the whole table at each checkpoint by the numpy merge, keys gzipped as the table was then saved). Reported: the driver's CPU seconds for folding
@@ -43,23 +43,23 @@ class FlatAccumulator(runner.BlockAccumulator):
     """The accumulator before the fix: pending blocks folded into the whole table at each
     checkpoint (merge_all: recount of the pending keys, then a merge into the table)."""
 
-    def __init__(self, table, path, checkpoint_seconds=30.0):
-        super().__init__(table, path, checkpoint_seconds)
+    def __init__(self, table, path, checkpoint_seconds=30.0, clock=time.monotonic):
+        super().__init__(table, path, checkpoint_seconds, clock)
         self._pending = []
 
     def add_table(self, counted):
         self._pending.append(counted)
-        if time.monotonic() - self._last >= self._interval:
+        if self.clock() - self._last >= self._interval:
             self.flush()
 
     def flush(self):
-        start = time.monotonic()
+        start = self.clock()
         if self._pending:
             self.table = FrequencyTable.merge_all([self.table, *self._pending])
             self._pending = []
         if self.path is not None:
             self.table.save(self.path)
-        self._last = time.monotonic()
+        self._last = self.clock()
         self._interval = max(self.checkpoint_seconds, self.SAVE_DUTY * (self._last - start))
         return self.table
 
@@ -91,15 +91,13 @@ def run(side: str, spec: ExperimentSpec, n_blocks: int, rate: float, seed: int) 
     if side == "flat":  # the numpy merge and the old file layout
         table_mod._fused = None
         table_mod.checked_dataset = _old_checked_dataset
-    clock = Clock()
-    real = runner.time.monotonic
-    runner.time.monotonic = clock
+    clock = Clock()  # injected into the accumulator (time.monotonic itself is left alone)
     saves = []
     try:
         with tempfile.TemporaryDirectory(dir="/tmp") as d:
             path = Path(d) / "t.h5"
             cls = runner.BlockAccumulator if side == "lsm" else FlatAccumulator
-            acc = cls(FrequencyTable.empty(spec), path, 30.0)
+            acc = cls(FrequencyTable.empty(spec), path, 30.0, clock=clock)
             save = FrequencyTable.save
 
             def timed_save(self, p):
@@ -122,7 +120,6 @@ def run(side: str, spec: ExperimentSpec, n_blocks: int, rate: float, seed: int) 
             FrequencyTable.save = save
             size = path.stat().st_size
     finally:
-        runner.time.monotonic = real
         FrequencyTable.save = save
         for k, v in patched.items():
             setattr(table_mod, k, v)

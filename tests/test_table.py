@@ -1,4 +1,5 @@
 import itertools
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -188,3 +189,40 @@ def test_lookup_counted_against_a_dict():
     query = rng.integers(0, 4, (200, 3), dtype=np.uint8)
     assert lookup_counted(keys, counts, query).tolist() == [ref.get(bytes(q), 0) for q in query]
     assert lookup_counted(keys[:0], counts[:0], query).tolist() == [0] * 200
+
+
+def test_block_accumulator_checkpoints_by_its_injected_clock(boolean_spec, tmp_path, monkeypatch):
+    """Checkpoints fall when the accumulator's own clock says so (the process clock is not read),
+    and the benchmark that simulates a job's time (benchmarks/driver_fold.py) injects its clock
+    instead of patching time.monotonic: every simulated 31 s block is a checkpoint, and the
+    process clock is the same function afterwards."""
+    import importlib.util
+    import time
+
+    from volume.runner import BlockAccumulator
+
+    now = [0.0]
+    saves = []
+    real_save = FrequencyTable.save
+    monkeypatch.setattr(FrequencyTable, "save", lambda self, p: saves.append(self.n_samples) or real_save(self, p))
+    monkeypatch.setattr(time, "monotonic", lambda: pytest.fail("the accumulator read the process clock"))
+    rng = np.random.default_rng(6)
+    acc = BlockAccumulator(FrequencyTable.empty(boolean_spec), tmp_path / "t.h5", 30.0, clock=lambda: now[0])
+    for b, dt in enumerate((10.0, 10.0, 10.0, 5.0, 31.0, 1.0)):  # crossings of 30 s after blocks 2 and 4
+        now[0] += dt
+        acc.add_table(random_table(boolean_spec, b, rng, n=50)[0])
+    assert saves == [150, 250]
+    monkeypatch.undo()
+    spec_path = Path(__file__).resolve().parents[1] / "benchmarks" / "driver_fold.py"
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_file_location("driver_fold", spec_path))
+    mod.__loader__.exec_module(mod)
+    real = time.monotonic
+    seen = []  # at each save: is the process clock still the one the test set?
+    monkeypatch.setattr(time, "monotonic", lambda: real())
+    sentinel = time.monotonic
+    monkeypatch.setattr(FrequencyTable, "save", lambda self, p: seen.append(time.monotonic is sentinel) or real_save(self, p))
+    spec = ExperimentSpec.load(Path(__file__).resolve().parents[1] / "examples" / "boolean7.toml").replace(block_size=256)
+    for side in ("lsm", "flat"):
+        r = mod.run(side, spec, 4, rate=256 / 31.0, seed=0)
+        assert r["checkpoints"] == 5 and r["draws"] == 4 * 256, r  # one per block, and the final flush
+    assert seen == [True] * 10 and time.monotonic is sentinel

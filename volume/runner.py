@@ -92,13 +92,15 @@ class BlockAccumulator:
     SAVE_DUTY = 20
     MERGE_RATIO = 2
 
-    def __init__(self, table: FrequencyTable, path: str | Path | None, checkpoint_seconds: float = 30.0):
+    def __init__(self, table: FrequencyTable, path: str | Path | None, checkpoint_seconds: float = 30.0,
+                 clock=time.monotonic):
         self.table = table
+        self.clock = clock  # seconds; a benchmark injects simulated time (benchmarks/driver_fold.py)
         self.path = path
         self.checkpoint_seconds = checkpoint_seconds
         self._interval = checkpoint_seconds
         self._runs: list[FrequencyTable] = [table]  # sizes decrease up the stack (roughly geometrically)
-        self._last = time.monotonic()
+        self._last = clock()
 
     def add(self, block: int, keys: np.ndarray) -> None:
         self.add_table(FrequencyTable.from_keys(self.table.spec, keys, [block]))
@@ -110,11 +112,11 @@ class BlockAccumulator:
         while len(runs) > 1 and runs[-2].n_distinct <= self.MERGE_RATIO * runs[-1].n_distinct:
             top = runs.pop()
             runs[-1] = runs[-1].merge(top)
-        if self.path is not None and time.monotonic() - self._last >= self._interval:
+        if self.path is not None and self.clock() - self._last >= self._interval:
             self.flush()
 
     def flush(self) -> FrequencyTable:
-        start = time.monotonic()
+        start = self.clock()
         runs = self._runs
         while len(runs) > 1:  # smallest first: the merges cost about twice the table's size
             top = runs.pop()
@@ -122,7 +124,7 @@ class BlockAccumulator:
         self.table = runs[0]
         if self.path is not None:
             self.table.save(self.path)
-        self._last = time.monotonic()
+        self._last = self.clock()
         self._interval = max(self.checkpoint_seconds, self.SAVE_DUTY * (self._last - start))
         return self.table
 
