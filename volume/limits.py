@@ -63,7 +63,8 @@ class Limits:
     max_block_labels: int = 1 << 26  # block_size x inputs of a spec (one block's labels)
     max_width: int = 4096  # widest layer (units or channels)
     max_worker_bytes: int = 1 << 30  # memory a worker needs to draw a block (cost model above)
-    max_table_bytes: int = 2 << 30  # largest table the job can produce (distinct keys x (key bytes + 8))
+    max_table_bytes: int = 2 << 30  # largest table the job can produce (distinct keys x (key bytes + 8)); also the
+    # cap on the posterior counts of one pass by rejection (volume.posterior_sampling.memory_bound)
     max_job_macs: int = 10**14  # multiply-adds of the whole job
     max_active_jobs: int = 4
     max_block_retries: int = 3  # a block whose worker dies is retried this often, then the job fails

@@ -175,9 +175,9 @@ def memory_bound(spec: ExperimentSpec, sizes: Sequence[tuple[int, int]], draws: 
     A condition's functions on E that fit S differ only on E \\ S: at most
     D = min(draws, c^(|E| - |S|)) of them (c = max(classes, 2)), held as D keys of
     k = key_bytes(|E|) bytes and D 8-byte counts, with P = min(draws, max(D, FOLD_ROWS) + B)
-    packed rows waiting (B = block_size). A fold holds besides its rows' sort and the merged
-    arrays, at most P (3 k + 72) + 2 D (k + 8) bytes (count_keys' words, order and counts;
-    merge_counted's output before it shrinks). A block holds its keys (K bytes each), the
+    packed rows waiting (B = block_size). A fold holds at most P (3 k + 72) + 2 D (k + 8)
+    bytes more (count_keys' words, order and counts over its P rows; merge_counted's output
+    before it shrinks). A block holds its keys (K bytes each), the
     fit test and the unpacked labels of the draws that fit: B (3 K + (3 b + 4) M + 8) bytes
     (b bits per label, M inputs). The bound is the conditions' held bytes, plus the largest fold,
     plus one block."""
