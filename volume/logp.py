@@ -130,6 +130,8 @@ def _gp_log_p(spec: ExperimentSpec, labels: np.ndarray, method: str) -> LogP:
     elif stderr is None:
         reason = ("deterministic approximation of the infinite-width limit: no Monte-Carlo error; its bias "
                   "against the finite network is not included")
+    if not getattr(res, "reliable", True):  # the GP estimator's own diagnostic failure is passed on, not dropped
+        reason = "; ".join(r for r in (getattr(res, "reason", "") or "not reliable by its diagnostics", reason) if r)
     d["gp_method"] = getattr(res, "method", "ep" if method == "ep" or not res.importance_samples else "ep+is")
     return LogP(method, float(res.log_p), None if stderr is None else float(stderr), reason=reason, diagnostics=d)
 
@@ -162,12 +164,12 @@ def log_p(spec: ExperimentSpec, function: Any, method: str = "auto", *, table: A
     elif method in ("ep", "gp"):
         res = _gp_log_p(spec, labels, method)
     else:
-        from volume.nested import NestedSettings, nested_log_p
+        from volume.nested import NestedSettings, join_reasons, nested_log_p
 
         r = nested_log_p(spec, labels, settings or NestedSettings(), seed=seed, map_fn=map_fn)
         reason = r.reason
         if r.converged and r.stderr is None:
-            reason = "one replica: no error bar (use replicas >= 2)"
+            reason = join_reasons("one replica: no error bar (use replicas >= 2)", reason)
         interval = None
         if r.converged and r.stderr is not None and math.isfinite(r.log_p):
             from scipy.stats import t as student_t
