@@ -317,3 +317,36 @@ def test_experiment_nested_volume_column():
     expected = nested_log_p(spec, f, NestedSettings(particles=30, replicas=3))
     assert (value, se) == (expected.log_p, expected.stderr) and se > 0
     assert vol(f.copy()) == (value, se) and len(vol.cache) == 1
+
+
+def test_benchmark_rows_show_the_flag(capsys):
+    """benchmarks/rare.py prints each nested row with the estimate's reason (a fallback or a
+    diagnostic failure, else 'ok') and the moves' own diagnostic, and each GP row flagged by its
+    diagnostics with the reason, so a reader sees which numbers are not to be taken as they are."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rare
+
+    class Pool:  # the benchmark's map_fn, in process
+        cpu = 0.0
+
+        def __call__(self, task, items):
+            return [task(i) for i in items]
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(8,)), prior=Prior(sigma_w=1.5, sigma_b=0.5), inputs=BooleanCube(n=3))
+    x = load_inputs(spec.inputs).x
+    f = (x[:, 0] * x[:, 1]).astype(np.uint8)
+    row = rare.nested_row(spec, f, NestedSettings(particles=100, replicas=4, moves=2, target_accept=0.01, step0=1.0),
+                          Pool())
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "pCN chains stuck" in row["reason"] and line.endswith(f"| {row['reason']} |") and "acc " in line
+    rare.nested_row(spec, f, NestedSettings(particles=100, replicas=4, moves=5), Pool())
+    assert capsys.readouterr().out.strip().endswith("| ok |")
+    rare.nested_row(spec, f, NestedSettings(particles=100, replicas=2, moves=2, kernel="ess"), Pool())
+    assert "tries/step" in capsys.readouterr().out
+    gp_row = dict(method="EP+IS", log_p=-3.0, error=0.1, stderr=0.05, z=2.0, ess=3.0, pareto_k=0.9, seconds=0.1,
+                  reliable=False, used="ep-is", reason="Pareto k-hat 0.9 > 0.7")
+    rare.print_case("case", -3.1, "ref", [gp_row], None)
+    assert "flagged: Pareto k-hat 0.9 > 0.7" in capsys.readouterr().out

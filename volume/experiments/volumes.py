@@ -54,7 +54,7 @@ class NestedVolume:
         from volume.nested import NestedSettings
 
         self.spec, self.seed = spec, seed
-        self.settings = NestedSettings(**{**NESTED_SETTINGS, **settings})
+        self.settings = NestedSettings.from_mapping({**NESTED_SETTINGS, **settings})
         self.cache: dict[bytes, tuple[float, float]] = {}
         self.stats: dict[bytes, tuple[float, float]] = {}
 
