@@ -9,9 +9,11 @@ Methods (each answers ln P(f) of ``function`` on the spec's input set under its 
   labels, importance_samples=0)`` (the infinite-width limit; threshold outputs only).
 * ``'gp'``: ``volume.gp.estimate.log_prior(spec, labels)`` with its own defaults, the best GP
   estimate the library has (its ``method`` and ``stderr`` when it reports them).
-* ``'nested'``: the finite network's own volume by subset simulation with elliptical slice
-  sampling in parameter space (:mod:`volume.nested`), error bar from R independent replicas;
-  ``interval`` is log_p +- t_{R-1} SE (Student t: the SE is estimated from R values).
+* ``'nested'``: the finite network's own volume by subset simulation with preconditioned
+  Crank-Nicolson (or elliptical slice sampling) moves in parameter space (:mod:`volume.nested`),
+  error bar from R independent replicas; ``interval`` is log_p +- t_{R-1} SE (Student t: the SE
+  is estimated from R values); ``reason`` carries the estimator's flags (replica-spread fallback,
+  stuck pCN chains) even where there is an SE.
 * ``'auto'`` (default): ``'count'`` when a table is given and holds f at least ``min_count``
   times (then the counting error, about 1/sqrt(n_f) nats, is at most 0.1), else ``'nested'``.
 
