@@ -43,7 +43,7 @@ def _init() -> None:
 
 def _run(job: tuple) -> dict:
     """One nested estimate in a worker: (spec dict, labels list, settings dict, seed) -> summary."""
-    from volume.nested import NestedSettings, nested_log_p
+    from volume.nested import NestedSettings, moves_diagnostic, nested_log_p
     from volume.spec import ExperimentSpec
 
     spec_d, labels, st, seed = job
@@ -52,7 +52,7 @@ def _run(job: tuple) -> dict:
     return {"log_p": r.log_p, "stderr": r.stderr, "replicas": r.replicas, "converged": r.converged, "reason": r.reason,
             "levels": r.levels_mean, "evaluations": r.evaluations, "shrink_mean": r.shrink_mean,
             "stuck": r.stuck_fraction, "acceptance": r.acceptance, "acceptance_last": r.acceptance_last,
-            "last_step": r.last_step, "cpu_s": time.process_time() - t0, "wall_s": time.perf_counter() - w0}
+            "last_step": r.last_step, "moves": moves_diagnostic(r.to_dict()) or "-", "cpu_s": time.process_time() - t0, "wall_s": time.perf_counter() - w0}
 
 
 def _map(jobs: list, workers: int) -> list[dict]:
@@ -98,13 +98,6 @@ def _pick_by_count(table, targets: list[int], rng: np.random.Generator) -> list[
     return out
 
 
-def _kernel_diag(r: dict) -> str:
-    """The kernel's own diagnostic: pCN acceptance (mean, last level) and last step, or ESS tries per step."""
-    if r["acceptance"] is not None:
-        return f"acc {r['acceptance']:.2f} (last {r['acceptance_last']:.2f}, step {r['last_step']:.3g})"
-    return f"tries/step {r['shrink_mean']:.1f}" if r["shrink_mean"] is not None else "-"
-
-
 def cmd_tune(args) -> None:
     table = _load(args.table)
     rng = np.random.default_rng(args.seed)
@@ -125,7 +118,7 @@ def cmd_tune(args) -> None:
                    acceptance_last=r["acceptance_last"], last_step=r["last_step"], reason=r["reason"])
         rows.append(row)
         print(f"{p0:.1f}  {mv:5d}  {row['mean_l']:7.3f}  {sd:5.3f}  {row['bias']:+.3f} +- {r['stderr']:.3f}"
-              f"          {cpu:7.2f}       {row['work_var']:7.3f}   {_kernel_diag(r)}  {r['reason'] or '-'}")
+              f"          {cpu:7.2f}       {row['work_var']:7.3f}   {r['moves']}  {r['reason'] or '-'}")
     _save("tune", {"table": args.table, "n_f": n_f, "N": table.n_samples, "ref": ref, "settings": _settings(args),
                    "rows": rows})
 

@@ -272,7 +272,7 @@ def nested_settings(text: str):
 
 
 def nested_row(spec, labels, settings, pool: _Pool, seed: int = 0) -> dict:
-    from volume.nested import nested_log_p
+    from volume.nested import moves_diagnostic, nested_log_p
 
     t0 = time.perf_counter()
     r = nested_log_p(spec, labels, settings, seed=seed, map_fn=pool)
@@ -284,17 +284,11 @@ def nested_row(spec, labels, settings, pool: _Pool, seed: int = 0) -> dict:
                load=os.getloadavg()[0])
     print(f"| {settings.kernel}, {settings.particles} x {settings.replicas}, {settings.moves}, {settings.p0} | "
           f"{fmt(r.log_p, '.2f')}{'' if r.converged else ' (upper bound)'} | {fmt(r.stderr, '.2f')} | "
-          f"{fmt(r.replica_sd, '.2f')} | {r.levels_mean:.1f} | {r.evaluations:,} | {kernel_diagnostic(r)} | "
+          f"{fmt(r.replica_sd, '.2f')} | {r.levels_mean:.1f} | {r.evaluations:,} | {moves_diagnostic(r.to_dict()) or '-'} | "
           f"{pool.cpu:.1f} | {row['wall_s']:.0f} ({row['load']:.1f}) | "
           f"{fmt(None if r.stderr is None else r.stderr ** 2 * pool.cpu, '.1f')} | {r.reason or 'ok'} |", flush=True)
     return row
 
-
-def kernel_diagnostic(r) -> str:
-    """The moves' own diagnostic: pCN acceptance, mean over levels / last level (its step), or ESS tries per step."""
-    if r.acceptance is not None:
-        return f"acc {r.acceptance:.2f} / {r.acceptance_last:.2f} (step {r.last_step:.2g})"
-    return "-" if r.shrink_mean is None else f"{r.shrink_mean:.1f} tries/step"
 
 
 def nested_part(args) -> dict:

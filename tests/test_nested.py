@@ -341,7 +341,7 @@ def test_benchmark_rows_show_the_flag(capsys):
     row = rare.nested_row(spec, f, NestedSettings(particles=100, replicas=4, moves=2, target_accept=0.01, step0=1.0),
                           Pool())
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    assert "pCN chains stuck" in row["reason"] and line.endswith(f"| {row['reason']} |") and "acc " in line
+    assert "pCN chains stuck" in row["reason"] and line.endswith(f"| {row['reason']} |") and "pcn acceptance" in line
     rare.nested_row(spec, f, NestedSettings(particles=100, replicas=4, moves=5), Pool())
     assert capsys.readouterr().out.strip().endswith("| ok |")
     rare.nested_row(spec, f, NestedSettings(particles=100, replicas=2, moves=2, kernel="ess"), Pool())

@@ -211,8 +211,8 @@ def check_logp(spec, limits: Limits, method: str, n_functions: int, settings) ->
         work = work_bound(spec, settings, inputs.shape, inputs.n_inputs) * n_functions
         cap("worst-case multiply-adds of nested sampling", int(work), int(limits.max_logp_work),
             "ask for fewer particles, replicas or functions" + (
-                f" (kernel 'ess' counts up to max_shrink = {settings.max_shrink} evaluations per step; "
-                "'pcn' counts 1)" if settings.kernel == "ess" else ""))
+                f", fewer moves, or kernel 'pcn' (kernel 'ess' counts up to max_shrink = {settings.max_shrink} "
+                "evaluations per step, 'pcn' 1)" if settings.kernel == "ess" else ""))
         # one replica holds its particles, their directions and proposals with temporaries
         # (REPLICA_COPIES N D floats, measured for both kernels) and one forward chunk's
         # parameters and activations

@@ -602,6 +602,18 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
                         mean_replica=mean, replica_sd=sd, **diag, **common)
 
 
+def moves_diagnostic(d: Mapping[str, Any]) -> str:
+    """One line of the moves' own diagnostic from a result's ``to_dict()`` (or a mapping with its
+    keys): pCN's acceptance (mean, last level) and last step, ESS's tries per step and the
+    fraction that ran out of tries; '' when no level moved."""
+    if d.get("acceptance") is not None:
+        return (f"pcn acceptance {d['acceptance']:.2f} (last level {d['acceptance_last']:.2f}, "
+                f"step {d['last_step']:.3g})")
+    if d.get("shrink_mean") is not None:
+        return f"ess {d['shrink_mean']:.1f} tries/step ({d['stuck_fraction']:.1%} ran out)"
+    return ""
+
+
 def join_reasons(*reasons: str | None) -> str | None:
     """The reasons given, in order, joined by '; ' (None when there are none)."""
     kept = [r for r in reasons if r]
@@ -609,4 +621,4 @@ def join_reasons(*reasons: str | None) -> str | None:
 
 
 __all__ = ["work_bound", "macs_per_evaluation", "NestedSettings", "NestedResult", "Margin", "nested_log_p", "subset_simulation", "combine_replicas", "MAX_REPLICA_SD",
-           "SETTINGS_FIELDS", "REPLICA_COPIES", "MIN_ACCEPTANCE", "stuck_chains", "join_reasons", "ReplicaTask", "NestedError"]
+           "SETTINGS_FIELDS", "REPLICA_COPIES", "MIN_ACCEPTANCE", "stuck_chains", "join_reasons", "moves_diagnostic", "ReplicaTask", "NestedError"]

@@ -95,11 +95,10 @@ def _line(r) -> str:
     elif r.method == "nested":
         s += (f"  {d['settings']['replicas']} replicas x {d['settings']['particles']} particles, "
               f"{d['levels_mean']:.1f} levels, {d['seconds']:.1f} s")
-        if d.get("acceptance") is not None:  # pCN's own diagnostics (ESS's are tries per step)
-            s += (f", pcn acceptance {d['acceptance']:.2f} (last level {d['acceptance_last']:.2f}, "
-                  f"step {d['last_step']:.3g})")
-        elif d.get("shrink_mean") is not None:
-            s += f", ess {d['shrink_mean']:.1f} tries/step ({d['stuck_fraction']:.1%} ran out)"
+        from volume.nested import moves_diagnostic
+
+        moves = moves_diagnostic(d)  # the kernel's own: pCN acceptance, or ESS tries per step
+        s += f", {moves}" if moves else ""
     if r.reason:  # fallbacks and diagnostic failures are shown, not only missing error bars
         s += f"  [{r.reason}]"
     return s
