@@ -175,6 +175,7 @@ def test_service_nested_settings_and_kernel(counted, monkeypatch):
     for extra, status, field in [({"p0": 2}, 400, "p0"), ({"kernel": "hmc"}, 400, "kernel"),
                                  ({"particles": 1}, 400, "particles"), ({"replicas": 0}, 400, "replicas"),
                                  ({"moves": -1}, 400, "moves"), ({"particles": "many"}, 422, "particles"),
+                                 ({"particles": True}, 422, "particles"), ({"p0": "0.5"}, 422, "p0"),
                                  ({"kernel": 3}, 422, "kernel"), ({"max_levels": 10**6}, 422, "max_levels")]:
         r = http.post("/logp", json={**body, **extra})
         assert r.status_code == status and field in r.text, (extra, r.status_code, r.text)

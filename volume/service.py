@@ -347,12 +347,13 @@ class LogPRequest(_Body):
     method: str = Field("auto", description="auto | count | ep | gp | nested (volume.logp.log_p)")
     seed: int = Field(0, ge=0)
     # nested settings: bounds and defaults live in one place, volume.nested.NestedSettings.from_mapping
-    # (a bad value is a 400 naming the field); null keeps the default
-    particles: int | None = Field(None, description="nested: particles per replica")
-    replicas: int | None = Field(None, description="nested: independent replicas (the error bar)")
-    p0: float | None = Field(None, description="nested: fraction kept per level, in (0, 1)")
-    moves: int | None = Field(None, description="nested: MCMC steps per particle per level")
-    kernel: str | None = Field(None, description="nested: 'pcn' (preconditioned Crank-Nicolson, default) or 'ess' "
+    # (a bad value is a 400 naming the field); only the JSON type is checked here (strict: no
+    # true for 1, no "0.5" for 0.5; a 422 naming the field); null keeps the default
+    particles: int | None = Field(None, strict=True, description="nested: particles per replica")
+    replicas: int | None = Field(None, strict=True, description="nested: independent replicas (the error bar)")
+    p0: float | None = Field(None, strict=True, description="nested: fraction kept per level, in (0, 1)")
+    moves: int | None = Field(None, strict=True, description="nested: MCMC steps per particle per level")
+    kernel: str | None = Field(None, strict=True, description="nested: 'pcn' (preconditioned Crank-Nicolson, default) or 'ess' "
                                                  "(elliptical slice sampling; its worst case counts max_shrink "
                                                  "evaluations per step against the work limit)")
 
