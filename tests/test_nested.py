@@ -185,12 +185,19 @@ def test_pcn_diagnostics_flag_chains_that_stop_moving():
     x = load_inputs(spec.inputs).x
     f = (x[:, 0] * x[:, 1]).astype(np.uint8)  # ln P about -6: 7-8 levels at p0 = 0.5
     ok = nested_log_p(spec, f, NestedSettings(particles=100, replicas=4, moves=5), seed=0)
-    assert ok.converged and ok.reason is None
+    assert ok.converged and ok.reason is None and ok.flags == () and ok.stuck_replicas == 0
     assert MIN_ACCEPTANCE < ok.acceptance_last < 1 and 0 < ok.acceptance < 1 and STEP_MIN <= ok.last_step < 1
     stuck = nested_log_p(spec, f, NestedSettings(particles=100, replicas=4, moves=2, target_accept=0.01, step0=1.0),
                          seed=0)
     assert stuck.acceptance_last < MIN_ACCEPTANCE and stuck.last_step > 0.9  # the step did not shrink
     assert stuck.reason is not None and "pCN chains stuck" in stuck.reason
+    assert stuck.stuck_replicas == 4 and stuck.flags == ("pcn-stuck",) and stuck.to_dict()["flags"] == ["pcn-stuck"]
+    from volume.experiments.volume_fn import make_volume_fn
+
+    # an experiment's method column carries the flag
+    vol = make_volume_fn("nested", spec, nested=dict(particles=100, replicas=4, moves=2, target_accept=0.01, step0=1.0))
+    assert vol(spec, f).method == "nested(pcn-stuck)"
+    assert make_volume_fn("nested", spec, nested=dict(particles=100, replicas=4, moves=5))(spec, f).method == "nested"
     from volume.logp import log_p
 
     answer = log_p(spec, f, "nested", settings=NestedSettings(particles=100, replicas=4, moves=2, target_accept=0.01,

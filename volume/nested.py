@@ -85,7 +85,8 @@ wide SE.
 level's (mean over replicas) and the last level's step; ESS its tries per step and the fraction
 of steps that ran out of tries (each None for the other kernel). A replica whose last level
 accepted fewer than MIN_ACCEPTANCE = 5% of its pCN proposals left its particles there as copies
-of a few survivors: the estimate keeps its value and says so in ``reason`` (:func:`stuck_chains`).
+of a few survivors: the estimate keeps its value and says so in ``reason`` (:func:`stuck_chains`)
+and in ``flags`` ('pcn-stuck', beside 'spread-fallback' and 'not-converged').
 The bias and the variance at the default settings are measured against exact and counted
 references in benchmarks/nested_validation.py (benchmarks/RESULTS.md, "Issue 10").
 
@@ -491,9 +492,20 @@ class NestedResult:
     acceptance: float | None = None  # pCN: accepted fraction of proposals, mean over levels and replicas
     acceptance_last: float | None = None  # pCN: the last level's accepted fraction, mean over replicas
     last_step: float | None = None  # pCN: the step size of the last level, mean over replicas
+    stuck_replicas: int | None = None  # pCN: replicas whose last level accepted < MIN_ACCEPTANCE (stuck_chains)
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Short tags of what ``reason`` says is wrong, for tables: 'not-converged' (an upper
+        bound), 'spread-fallback' (replica sd > MAX_REPLICA_SD), 'pcn-stuck' (stuck_chains)."""
+        return tuple(tag for tag, on in (("not-converged", not self.converged),
+                                          ("spread-fallback", self.replica_sd is not None
+                                           and self.replica_sd > MAX_REPLICA_SD),
+                                          ("pcn-stuck", bool(self.stuck_replicas))) if on)
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["flags"] = list(self.flags)
         for k in ("log_p", "stderr", "mean_replica", "replica_sd"):
             if d[k] is not None and not math.isfinite(d[k]):
                 d[k] = None
@@ -585,7 +597,9 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
                 seconds=time.perf_counter() - t0,
                 acceptance=_mean_or_none([r.acceptance for r in results]),
                 acceptance_last=_mean_or_none([r.acceptance_last for r in results]),
-                last_step=_mean_or_none([r.last_step for r in results]))
+                last_step=_mean_or_none([r.last_step for r in results]),
+                stuck_replicas=sum(r.acceptance_last < MIN_ACCEPTANCE for r in results if r.acceptance_last is not None)
+                if settings.kernel == "pcn" else None)
     stuck = stuck_chains(results)
     if bad:
         upper = max(values)
