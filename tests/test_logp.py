@@ -206,3 +206,23 @@ def test_logp_cost_check_bounds_a_replicas_memory_as_well_as_its_work():
         check_logp(wide, Limits(), "nested", 1, NestedSettings(particles=700, replicas=1, moves=1, max_levels=10))
     check_logp(ExperimentSpec(architecture=FCN(hidden=(40, 40)), inputs=BooleanCube(n=7)), Limits(), "nested", 1,
                NestedSettings(max_levels=1500, moves=1))  # the examples' network at the service's default passes
+
+
+def test_gp_flag_is_passed_on(counted, monkeypatch):
+    """An estimate the GP estimator marks unreliable keeps its reason through log_p (the CLI and
+    /logp show it), instead of reading as a clean number with a standard error."""
+    import volume.gp.estimate
+
+    class Unreliable:
+        log_p, stderr, method, importance_samples = -7.0, 0.2, "ep-sis", 0
+        reliable, reason = False, "Pareto k-hat 0.9 > 0.7: the weights' variance is not finite"
+
+        def to_dict(self):
+            return {"log_p": self.log_p}
+
+    spec, _, _, labels, _ = counted
+    monkeypatch.setattr(volume.gp.estimate, "log_prior", lambda *a, **k: Unreliable())
+    r = log_p(spec, labels[5], "gp")
+    assert r.stderr == 0.2 and r.reason.startswith("Pareto k-hat 0.9")
+    Unreliable.reliable = True
+    assert log_p(spec, labels[5], "gp").reason is None
