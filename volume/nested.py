@@ -81,14 +81,15 @@ Where the replicas spread by more than MAX_REPLICA_SD = 2 nats (heavy-tailed rep
 rare function at too few particles), R values cannot support the log-normal correction, and the
 estimate falls back visibly (``reason``) to ln of the replicas' mean probability, with the same
 wide SE.
+The bias and the variance at the default settings are measured against exact and counted
+references in benchmarks/nested_validation.py (benchmarks/RESULTS.md, "Issue 10").
+
 **Diagnostics.** pCN reports its acceptance rate (mean over levels and replicas), the last
 level's (mean over replicas) and the last level's step; ESS its tries per step and the fraction
 of steps that ran out of tries (each None for the other kernel). A replica whose last level
 accepted fewer than MIN_ACCEPTANCE = 5% of its pCN proposals left its particles there as copies
 of a few survivors: the estimate keeps its value and says so in ``reason`` (:func:`stuck_chains`)
 and in ``flags`` ('pcn-stuck', beside 'spread-fallback' and 'not-converged').
-The bias and the variance at the default settings are measured against exact and counted
-references in benchmarks/nested_validation.py (benchmarks/RESULTS.md, "Issue 10").
 
 **Determinism.** A replica's random numbers are drawn in a fixed order from its own generator,
 whatever the evaluation chunk size (``batch``); replicas run in process or as Ray tasks
