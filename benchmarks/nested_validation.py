@@ -43,15 +43,16 @@ def _init() -> None:
 
 def _run(job: tuple) -> dict:
     """One nested estimate in a worker: (spec dict, labels list, settings dict, seed) -> summary."""
-    from volume.nested import NestedSettings, nested_log_p
+    from volume.nested import NestedSettings, moves_diagnostic, nested_log_p
     from volume.spec import ExperimentSpec
 
     spec_d, labels, st, seed = job
     t0, w0 = time.process_time(), time.perf_counter()
-    r = nested_log_p(ExperimentSpec.from_dict(spec_d), np.asarray(labels, dtype=np.uint8), NestedSettings(**st), seed=seed)
+    r = nested_log_p(ExperimentSpec.from_dict(spec_d), np.asarray(labels, dtype=np.uint8), NestedSettings.from_mapping(st), seed=seed)
     return {"log_p": r.log_p, "stderr": r.stderr, "replicas": r.replicas, "converged": r.converged, "reason": r.reason,
             "levels": r.levels_mean, "evaluations": r.evaluations, "shrink_mean": r.shrink_mean,
-            "stuck": r.stuck_fraction, "cpu_s": time.process_time() - t0, "wall_s": time.perf_counter() - w0}
+            "stuck": r.stuck_fraction, "acceptance": r.acceptance, "acceptance_last": r.acceptance_last,
+            "last_step": r.last_step, "moves": moves_diagnostic(r.to_dict()) or "-", "cpu_s": time.process_time() - t0, "wall_s": time.perf_counter() - w0}
 
 
 def _map(jobs: list, workers: int) -> list[dict]:
@@ -68,8 +69,8 @@ def _settings(args) -> dict:
 
     from volume.nested import NestedSettings
 
-    given = {k: getattr(args, k) for k in ("particles", "replicas", "kernel", "moves") if getattr(args, k) is not None}
-    return asdict(NestedSettings(**given))
+    return asdict(NestedSettings.from_mapping({k: getattr(args, k) for k in ("particles", "replicas", "kernel", "moves")},
+                                              where="--"))
 
 
 def _load(path: str):
@@ -107,16 +108,17 @@ def cmd_tune(args) -> None:
     ref = math.log(n_f / table.n_samples)
     rows = []
     print(f"function with n_f = {n_f} of N = {table.n_samples}: ln P = {ref:.3f} +- {1 / math.sqrt(n_f):.3f}")
-    print("p0   moves  mean_l   sd_l   bias(mean_l+s2/2-ref)  cpu_s/replica  sd^2*cpu  tries/step")
+    print("p0   moves  mean_l   sd_l   bias(mean_l+s2/2-ref)  cpu_s/replica  sd^2*cpu  kernel diagnostic  flag")
     for (p0, mv), r in zip(grid, _map(jobs, args.workers)):
         sd = float(np.std(r["replicas"], ddof=1))
         cpu = r["cpu_s"] / len(r["replicas"])
         row = dict(p0=p0, moves=mv, mean_l=float(np.mean(r["replicas"])), sd_l=sd, estimate=r["log_p"],
                    stderr=r["stderr"], bias=r["log_p"] - ref, cpu_per_replica=cpu, work_var=sd * sd * cpu,
-                   tries=r["shrink_mean"], stuck=r["stuck"])
+                   tries=r["shrink_mean"], stuck=r["stuck"], acceptance=r["acceptance"],
+                   acceptance_last=r["acceptance_last"], last_step=r["last_step"], reason=r["reason"])
         rows.append(row)
         print(f"{p0:.1f}  {mv:5d}  {row['mean_l']:7.3f}  {sd:5.3f}  {row['bias']:+.3f} +- {r['stderr']:.3f}"
-              f"          {cpu:7.2f}       {row['work_var']:7.3f}   {r['shrink_mean']:.1f}")
+              f"          {cpu:7.2f}       {row['work_var']:7.3f}   {r['moves']}  {r['reason'] or '-'}")
     _save("tune", {"table": args.table, "n_f": n_f, "N": table.n_samples, "ref": ref, "settings": _settings(args),
                    "rows": rows})
 
@@ -136,7 +138,7 @@ def cmd_count(args) -> None:
         z = (r["log_p"] - ref) / math.hypot(r["stderr"], se_c)
         rows.append(dict(n_f=n_f, ref=ref, ref_se=se_c, **r, z=z))
         print(f"{n_f:8d}  {ref:7.3f} +- {se_c:.3f}  {r['log_p']:7.3f} +- {r['stderr']:.3f}  {z:+5.2f}  "
-              f"{r['cpu_s']:7.1f} {r['wall_s']:7.1f}  {r['levels']:.1f}")
+              f"{r['cpu_s']:7.1f} {r['wall_s']:7.1f}  {r['levels']:.1f}  {r['reason'] or ''}")
     zs = np.array([row["z"] for row in rows])
     print(f"rms z = {math.sqrt(np.mean(zs ** 2)):.2f} over {len(zs)} functions (1 = stated errors are honest)")
     _save("count_" + Path(args.table).stem, {"table": args.table, "N": table.n_samples, "settings": st, "rows": rows,
@@ -192,7 +194,7 @@ def cmd_perceptron(args) -> None:
     for ref, r in zip(refs, res):
         z = (r["log_p"] - ref) / r["stderr"]
         rows.append(dict(ref=ref, **r, z=z))
-        print(f"  ln P ref {ref:8.3f}   nested {r['log_p']:8.3f} +- {r['stderr']:.3f}   z {z:+.2f}   cpu {r['cpu_s']:.1f} s")
+        print(f"  ln P ref {ref:8.3f}   nested {r['log_p']:8.3f} +- {r['stderr']:.3f}   z {z:+.2f}   cpu {r['cpu_s']:.1f} s  {r['reason'] or ''}")
     zs = np.array([row["z"] for row in rows])
     err = np.array([row["log_p"] - row["ref"] for row in rows])
     raw = np.array([np.mean(row["replicas"]) - row["ref"] for row in rows])
@@ -237,7 +239,7 @@ def _gp_rows(spec, fs: dict, args, label: str) -> list[dict]:
         row["gap_se"] = math.hypot(r["stderr"], gp.is_stderr or 0.0)
         rows.append(row)
         print(f"{label:22s} {name:12s} nested {r['log_p']:8.3f} +- {r['stderr']:.3f}   GP (EP+IS) {gp.log_p:8.3f} "
-              f"+- {gp.is_stderr or 0:.3f}   gap {row['gap']:+.3f} +- {row['gap_se']:.3f}   cpu {r['cpu_s']:.0f} s",
+              f"+- {gp.is_stderr or 0:.3f}   gap {row['gap']:+.3f} +- {row['gap_se']:.3f}   cpu {r['cpu_s']:.0f} s  {r['reason'] or ''}",
               flush=True)
     return rows
 

@@ -101,7 +101,7 @@ def print_case(title, ref, ref_note, rows, hon):
     print("| method | ln P | error (nats) | stated SE | |error|/SE | ESS | k-hat | seconds | verdict |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        verdict = "ok" if r["reliable"] else "flagged"
+        verdict = "ok" if r["reliable"] else f"flagged: {r['reason'] or 'by its diagnostics'}"
         if r["method"] == "auto":
             verdict += f" (used {r['used']})"
         print(f"| {r['method']} | {fmt(r['log_p'], '.4f')} | {fmt(r['error'], '+.3f')} | {fmt(r['stderr'], '.3g')} | "
@@ -268,32 +268,36 @@ def nested_settings(text: str):
         kw["moves"] = int(parts[2])
     if len(parts) > 3:
         kw["p0"] = float(parts[3])
-    return NestedSettings(**kw)
+    return NestedSettings.from_mapping(kw, where=f"setting {text!r}: ")
 
 
 def nested_row(spec, labels, settings, pool: _Pool, seed: int = 0) -> dict:
-    from volume.nested import nested_log_p
+    from volume.nested import moves_diagnostic, nested_log_p
 
     t0 = time.perf_counter()
     r = nested_log_p(spec, labels, settings, seed=seed, map_fn=pool)
     row = dict(kernel=settings.kernel, particles=settings.particles, replicas=settings.replicas, p0=settings.p0,
                moves=settings.moves, log_p=r.log_p, stderr=r.stderr, replica_values=r.replicas,
                replica_sd=r.replica_sd, levels=r.levels_mean, evaluations=r.evaluations, tries=r.shrink_mean,
-               acceptance=r.acceptance, converged=r.converged, wall_s=time.perf_counter() - t0, cpu_s=pool.cpu,
+               acceptance=r.acceptance, acceptance_last=r.acceptance_last, last_step=r.last_step,
+               converged=r.converged, reason=r.reason, wall_s=time.perf_counter() - t0, cpu_s=pool.cpu,
                load=os.getloadavg()[0])
     print(f"| {settings.kernel}, {settings.particles} x {settings.replicas}, {settings.moves}, {settings.p0} | "
-          f"{fmt(r.log_p, '.2f')} | {fmt(r.stderr, '.2f')} | {fmt(r.replica_sd, '.2f')} | {r.levels_mean:.1f} | "
-          f"{r.evaluations:,} | {pool.cpu:.1f} | {row['wall_s']:.0f} ({row['load']:.1f}) | "
-          f"{fmt(None if r.stderr is None else r.stderr ** 2 * pool.cpu, '.1f')} |", flush=True)
+          f"{fmt(r.log_p, '.2f')}{'' if r.converged else ' (upper bound)'} | {fmt(r.stderr, '.2f')} | "
+          f"{fmt(r.replica_sd, '.2f')} | {r.levels_mean:.1f} | {r.evaluations:,} | {moves_diagnostic(r.to_dict()) or '-'} | "
+          f"{pool.cpu:.1f} | {row['wall_s']:.0f} ({row['load']:.1f}) | "
+          f"{fmt(None if r.stderr is None else r.stderr ** 2 * pool.cpu, '.1f')} | {r.reason or 'ok'} |", flush=True)
     return row
+
 
 
 def nested_part(args) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     out: dict = {"boolean": [], "mnist": []}
-    head = ("| kernel, particles x replicas, moves, p0 | ln P | SE | replica sd | levels | evaluations | CPU s | "
-            "wall s (load) | SE² × CPU s |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| kernel, particles x replicas, moves, p0 | ln P | SE | replica sd | levels | evaluations | moves' diagnostic | "
+            "CPU s | wall s (load) | SE² × CPU s | flag (fallback, diagnostic failure) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")
     with ProcessPoolExecutor(args.workers, initializer=_init_worker) as ex:
         pool = _Pool(ex)
         spec = ExperimentSpec.load(ROOT / "examples" / "boolean7.toml")

@@ -99,10 +99,36 @@ def test_cli(counted, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out[0]["method"] == "count" and out[0]["diagnostics"]["count"] == int(counts[0])
     assert main(["logp", str(d / "tiny.toml"), f, "--method", "nested", "--particles", "30", "--replicas", "3"]) == 0
-    assert "method=nested" in capsys.readouterr().out
-    assert main(["logp", str(d / "tiny.toml"), f, "--method", "nested", "--p0", "2"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "p0" in err and "Traceback" not in err
+    out = capsys.readouterr().out
+    assert "method=nested" in out and "pcn acceptance" in out and "tries/step" not in out
+    assert main(["logp", str(d / "tiny.toml"), f, "--method", "nested", "--particles", "30", "--replicas", "3",
+                 "--kernel", "ess", "--json"]) == 0
+    diag = json.loads(capsys.readouterr().out)[0]["diagnostics"]
+    assert diag["settings"]["kernel"] == "ess" and diag["acceptance"] is None and diag["last_step"] is None
+    assert diag["shrink_mean"] >= 1
+    for flags, field in ((["--p0", "2"], "--p0"), (["--kernel", "hmc"], "--kernel"), (["--particles", "0"], "--particles")):
+        assert main(["logp", str(d / "tiny.toml"), f, "--method", "nested", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and field in err and "Traceback" not in err, err
+
+
+def test_cli_line_shows_every_reason_and_only_the_kernels_own_diagnostics():
+    """A number with a standard error can still be a fallback or a flagged estimate: the text
+    line shows the reason whenever there is one, and pCN's acceptance, never ESS's tries."""
+    from volume.commands.logp import _line
+    from volume.logp import LogP
+
+    base = dict(settings={"replicas": 8, "particles": 200}, levels_mean=60.0, seconds=1.0)
+    pcn = LogP("nested", -40.0, 1.5, reason="replicas spread by sd = 3.0 nats (> 2)",
+               diagnostics={**base, "acceptance": 0.31, "acceptance_last": 0.02, "last_step": 0.0123,
+                            "shrink_mean": None, "stuck_fraction": None})
+    line = _line(pcn)
+    assert "[replicas spread by sd = 3.0 nats (> 2)]" in line and "+- 1.5" in line
+    assert "pcn acceptance 0.31 (last level 0.02, step 0.0123)" in line and "tries" not in line
+    ess = LogP("nested", -40.0, 0.5, diagnostics={**base, "acceptance": None, "acceptance_last": None,
+                                                  "last_step": None, "shrink_mean": 8.6, "stuck_fraction": 0.001})
+    line = _line(ess)
+    assert "ess 8.6 tries/step (0.1% ran out)" in line and "acceptance" not in line and "[" not in line
 
 
 def test_service_and_client(counted):
@@ -120,12 +146,53 @@ def test_service_and_client(counted):
                          ({"functions": ["01"], "table": "tiny"}, 400),
                          ({"functions": [f], "table": "nope"}, 404),
                          ({"functions": [f], "table": "tiny", "particles": 10**6, "replicas": 100}, 413),
-                         ({"functions": [f] * 17, "table": "tiny"}, 413),
-                         ({"functions": [f], "table": "tiny", "p0": 2}, 422)]:
+                         ({"functions": [f] * 17, "table": "tiny"}, 413)]:
         r = http.post("/logp", json=body)
         assert r.status_code == status, (body, r.text)
     with pytest.raises(ServiceError):
         client.logp([f], table="tiny", method="magic")
+
+
+def test_service_nested_settings_and_kernel(counted, monkeypatch):
+    """POST /logp takes the CLI's nested settings, kernel included, validated by the library's
+    NestedSettings.from_mapping (a 400 naming the field; a wrong JSON type is a 422 naming it),
+    and bounds the work before any starts: ESS counts max_shrink evaluations per step."""
+    import volume.nested
+    from volume.limits import Limits
+
+    spec, table, d, labels, counts = counted
+    f = labels_to_text(labels[0])
+    api = VolumeAPI(d, jobs=LocalJobs(checkpoint_seconds=0.0), limits=Limits(max_logp_work=1e10))
+    http = TestClient(build_app(api))
+    body = {"functions": [f], "spec": spec.to_dict(), "method": "nested", "particles": 30, "replicas": 3}
+    ess = http.post("/logp", json={**body, "kernel": "ess"})
+    assert ess.status_code == 200, ess.text
+    diag = ess.json()[0]["diagnostics"]
+    assert diag["settings"]["kernel"] == "ess" and diag["acceptance"] is None and diag["shrink_mean"] >= 1
+    pcn = http.post("/logp", json={**body, "kernel": "pcn"}).json()[0]["diagnostics"]
+    assert pcn["shrink_mean"] is None and 0 < pcn["acceptance"] < 1 and pcn["last_step"] > 0
+    assert pcn["settings"]["max_levels"] == Limits().max_logp_levels
+    for extra, status, field in [({"p0": 2}, 400, "p0"), ({"kernel": "hmc"}, 400, "kernel"),
+                                 ({"particles": 1}, 400, "particles"), ({"replicas": 0}, 400, "replicas"),
+                                 ({"moves": -1}, 400, "moves"), ({"particles": "many"}, 422, "particles"),
+                                 ({"particles": True}, 422, "particles"), ({"p0": "0.5"}, 422, "p0"),
+                                 ({"kernel": 3}, 422, "kernel"), ({"max_levels": 10**6}, 422, "max_levels")]:
+        r = http.post("/logp", json={**body, **extra})
+        assert r.status_code == status and field in r.text, (extra, r.status_code, r.text)
+
+    def never(*a, **k):
+        raise AssertionError("the work started before the bound was checked")
+
+    monkeypatch.setattr(volume.nested, "nested_log_p", never)
+    big = {**body, "particles": 200, "replicas": 8}
+    r = http.post("/logp", json={**big, "kernel": "ess"})  # 40 evaluations per step at worst: above 1e10 multiply-adds
+    assert r.status_code == 413 and "max_shrink" in r.text, r.text
+    from volume.limits import check_logp
+    from volume.nested import NestedSettings as NS
+
+    # the same request with pCN moves is within the bound (1 evaluation per step)
+    check_logp(spec, api.limits, "nested", 1, NS(particles=200, replicas=8, kernel="pcn",
+                                                 max_levels=api.limits.max_logp_levels))
 
 
 def test_logp_cost_check_bounds_a_replicas_memory_as_well_as_its_work():
@@ -139,3 +206,23 @@ def test_logp_cost_check_bounds_a_replicas_memory_as_well_as_its_work():
         check_logp(wide, Limits(), "nested", 1, NestedSettings(particles=700, replicas=1, moves=1, max_levels=10))
     check_logp(ExperimentSpec(architecture=FCN(hidden=(40, 40)), inputs=BooleanCube(n=7)), Limits(), "nested", 1,
                NestedSettings(max_levels=1500, moves=1))  # the examples' network at the service's default passes
+
+
+def test_gp_flag_is_passed_on(counted, monkeypatch):
+    """An estimate the GP estimator marks unreliable keeps its reason through log_p (the CLI and
+    /logp show it), instead of reading as a clean number with a standard error."""
+    import volume.gp.estimate
+
+    class Unreliable:
+        log_p, stderr, method, importance_samples = -7.0, 0.2, "ep-sis", 0
+        reliable, reason = False, "Pareto k-hat 0.9 > 0.7: the weights' variance is not finite"
+
+        def to_dict(self):
+            return {"log_p": self.log_p}
+
+    spec, _, _, labels, _ = counted
+    monkeypatch.setattr(volume.gp.estimate, "log_prior", lambda *a, **k: Unreliable())
+    r = log_p(spec, labels[5], "gp")
+    assert r.stderr == 0.2 and r.reason.startswith("Pareto k-hat 0.9")
+    Unreliable.reliable = True
+    assert log_p(spec, labels[5], "gp").reason is None

@@ -165,7 +165,58 @@ def test_each_kernel_is_deterministic_and_independent_of_the_batch(kernel):
     a = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, moves=3, kernel=kernel, batch=5), seed=9)
     b = nested_log_p(spec, f, NestedSettings(particles=24, replicas=2, moves=3, kernel=kernel, batch=512), seed=9)
     assert a.replicas == b.replicas and math.isfinite(a.log_p)
-    assert (a.acceptance is not None) == (kernel == "pcn")
+    # each kernel reports its own diagnostics, and None for the other's
+    pcn = (a.acceptance, a.acceptance_last, a.last_step)
+    ess = (a.shrink_mean, a.stuck_fraction)
+    if kernel == "pcn":
+        assert all(v is not None for v in pcn) and ess == (None, None)
+    else:
+        assert pcn == (None, None, None) and a.shrink_mean >= 1 and 0 <= a.stuck_fraction <= 1
+
+
+def test_pcn_diagnostics_flag_chains_that_stop_moving():
+    """A normal pCN run reports its acceptance (mean over levels and the last level's) and the
+    last level's step, unflagged; a pathological adaptation (target_accept 0.01 from step0 = 1:
+    every proposal a fresh prior draw, accepted ever more rarely as the levels rise) leaves the
+    last level's particles as copies, and the estimate says so in its reason."""
+    from volume.nested import MIN_ACCEPTANCE, STEP_MIN
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(8,)), prior=Prior(sigma_w=1.5, sigma_b=0.5), inputs=BooleanCube(n=3))
+    x = load_inputs(spec.inputs).x
+    f = (x[:, 0] * x[:, 1]).astype(np.uint8)  # ln P about -6: 7-8 levels at p0 = 0.5
+    ok = nested_log_p(spec, f, NestedSettings(particles=100, replicas=4, moves=5), seed=0)
+    assert ok.converged and ok.reason is None and ok.flags == () and ok.stuck_replicas == 0
+    assert MIN_ACCEPTANCE < ok.acceptance_last < 1 and 0 < ok.acceptance < 1 and STEP_MIN <= ok.last_step < 1
+    stuck = nested_log_p(spec, f, NestedSettings(particles=100, replicas=4, moves=2, target_accept=0.01, step0=1.0),
+                         seed=0)
+    assert stuck.acceptance_last < MIN_ACCEPTANCE and stuck.last_step > 0.9  # the step did not shrink
+    assert stuck.reason is not None and "pCN chains stuck" in stuck.reason
+    assert stuck.stuck_replicas == 4 and stuck.flags == ("pcn-stuck",) and stuck.to_dict()["flags"] == ["pcn-stuck"]
+    from volume.experiments.volume_fn import make_volume_fn
+
+    # an experiment's method column carries the flag
+    vol = make_volume_fn("nested", spec, nested=dict(particles=100, replicas=4, moves=2, target_accept=0.01, step0=1.0))
+    assert vol(spec, f).method == "nested(pcn-stuck)"
+    assert make_volume_fn("nested", spec, nested=dict(particles=100, replicas=4, moves=5))(spec, f).method == "nested"
+    from volume.logp import log_p
+
+    answer = log_p(spec, f, "nested", settings=NestedSettings(particles=100, replicas=4, moves=2, target_accept=0.01,
+                                                              step0=1.0))
+    assert "pCN chains stuck" in answer.reason and answer.diagnostics["acceptance_last"] < MIN_ACCEPTANCE
+
+
+def test_stuck_chains_counts_replicas_and_joins_other_reasons():
+    from volume.nested import ReplicaResult, join_reasons, stuck_chains
+
+    def rep(last):
+        return ReplicaResult(log_p=-5.0, levels=7, converged=True, reason=None, evaluations=1, shrink_mean=None,
+                             stuck_fraction=None, seconds=0.0, acceptance=0.3, acceptance_last=last, last_step=0.1)
+
+    assert stuck_chains([rep(0.3), rep(0.06)]) is None
+    assert stuck_chains([rep(None)]) is None  # ESS (or no level moved): nothing to judge
+    msg = stuck_chains([rep(0.3), rep(0.01), rep(0.0)])
+    assert msg.startswith("pCN chains stuck: 2 of 3 replicas") and "lowest 0" in msg
+    assert join_reasons(None, "b") == "b" and join_reasons("a", None, "b") == "a; b" and join_reasons(None) is None
 
 
 @pytest.mark.parametrize("kernel", ["pcn", "ess"])
@@ -233,6 +284,34 @@ def test_combine_replicas_and_bad_settings():
         NestedSettings(target_accept=1.5)
 
 
+@pytest.mark.parametrize("given, field, fix", [
+    ({"particles": 0}, "particles", "integer >= 1"),
+    ({"particles": "40"}, "particles", "integer >= 1"),
+    ({"replicas": True}, "replicas", "integer >= 1"),
+    ({"p0": 1.0}, "p0", "strictly between 0 and 1"),
+    ({"p0": "0.5"}, "p0", "give a number"),
+    ({"step0": True}, "step0", "give a number"),
+    ({"kernel": "hmc"}, "kernel", "pcn, ess"),
+    ({"colour": 1}, "colour", "particles, replicas"),
+])
+def test_settings_from_a_mapping_name_the_field_and_the_fix(given, field, fix):
+    """NestedSettings.from_mapping, the one place the CLI, the service and experiment configs
+    build the settings: one line naming the field (after the caller's prefix) and the fix."""
+    with pytest.raises(VolumeError) as e:
+        NestedSettings.from_mapping(given, where="body.")
+    msg = str(e.value)
+    assert msg.startswith(f"body.{field}") and fix in msg and "\n" not in msg
+    with pytest.raises(VolumeError, match="give a table"):
+        NestedSettings.from_mapping([("particles", 3)])
+
+
+def test_settings_from_a_mapping_keep_defaults_for_none_and_fixed_fields_win():
+    st = NestedSettings.from_mapping({"particles": 50, "replicas": None, "kernel": "ess"}, max_levels=7)
+    assert (st.particles, st.replicas, st.kernel, st.max_levels) == (50, NestedSettings().replicas, "ess", 7)
+    assert NestedSettings.from_mapping({"max_levels": 99}, max_levels=7).max_levels == 7
+    assert NestedSettings.from_mapping(None) == NestedSettings()
+
+
 def test_experiment_nested_volume_column():
     """volume.experiments.volumes.NestedVolume: the estimator with its error bar, cached per function."""
     from volume.experiments.volumes import NestedVolume
@@ -245,3 +324,36 @@ def test_experiment_nested_volume_column():
     expected = nested_log_p(spec, f, NestedSettings(particles=30, replicas=3))
     assert (value, se) == (expected.log_p, expected.stderr) and se > 0
     assert vol(f.copy()) == (value, se) and len(vol.cache) == 1
+
+
+def test_benchmark_rows_show_the_flag(capsys):
+    """benchmarks/rare.py prints each nested row with the estimate's reason (a fallback or a
+    diagnostic failure, else 'ok') and the moves' own diagnostic, and each GP row flagged by its
+    diagnostics with the reason, so a reader sees which numbers are not to be taken as they are."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import rare
+
+    class Pool:  # the benchmark's map_fn, in process
+        cpu = 0.0
+
+        def __call__(self, task, items):
+            return [task(i) for i in items]
+
+    spec = ExperimentSpec(architecture=FCN(hidden=(8,)), prior=Prior(sigma_w=1.5, sigma_b=0.5), inputs=BooleanCube(n=3))
+    x = load_inputs(spec.inputs).x
+    f = (x[:, 0] * x[:, 1]).astype(np.uint8)
+    row = rare.nested_row(spec, f, NestedSettings(particles=100, replicas=4, moves=2, target_accept=0.01, step0=1.0),
+                          Pool())
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "pCN chains stuck" in row["reason"] and line.endswith(f"| {row['reason']} |") and "pcn acceptance" in line
+    rare.nested_row(spec, f, NestedSettings(particles=100, replicas=4, moves=5), Pool())
+    assert capsys.readouterr().out.strip().endswith("| ok |")
+    rare.nested_row(spec, f, NestedSettings(particles=100, replicas=2, moves=2, kernel="ess"), Pool())
+    assert "tries/step" in capsys.readouterr().out
+    gp_row = dict(method="EP+IS", log_p=-3.0, error=0.1, stderr=0.05, z=2.0, ess=3.0, pareto_k=0.9, seconds=0.1,
+                  reliable=False, used="ep-is", reason="Pareto k-hat 0.9 > 0.7")
+    rare.print_case("case", -3.1, "ref", [gp_row], None)
+    assert "flagged: Pareto k-hat 0.9 > 0.7" in capsys.readouterr().out

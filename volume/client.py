@@ -212,7 +212,7 @@ class VolumeClient:
              method: str = "auto", seed: int = 0, **nested: Any) -> list[dict]:
         """POST /logp: ln P(f) of each function by ``method`` (auto | count | ep | gp | nested, see
         ``volume.logp``) on ``spec``'s inputs or ``table``'s; ``nested`` takes particles,
-        replicas, p0, moves. Each answer has log_p, stderr, upper_bound, reason, diagnostics."""
+        replicas, p0, moves, kernel ('pcn' | 'ess'). Each answer has log_p, stderr, upper_bound, reason, diagnostics."""
         body = {"functions": [f if isinstance(f, str) else [int(x) for x in f] for f in functions],
                 "spec": spec, "table": table, "method": method, "seed": seed, **nested}
         return self._request("POST", "/logp", json=body)

@@ -211,13 +211,18 @@ def check_logp(spec, limits: Limits, method: str, n_functions: int, settings) ->
         inputs = load_inputs(spec.inputs)
         work = work_bound(spec, settings, inputs.shape, inputs.n_inputs) * n_functions
         cap("worst-case multiply-adds of nested sampling", int(work), int(limits.max_logp_work),
-            "ask for fewer particles, replicas or functions")
-        # one replica holds its particles, their proposals and directions (3 N D floats) and one
-        # forward chunk's parameters and activations
+            "ask for fewer particles, replicas or functions" + (
+                f", fewer moves, or kernel 'pcn' (kernel 'ess' counts up to max_shrink = {settings.max_shrink} "
+                "evaluations per step, 'pcn' 1)" if settings.kernel == "ess" else ""))
+        # one replica holds its particles, their directions and proposals with temporaries
+        # (REPLICA_COPIES N D floats, measured for both kernels) and one forward chunk's
+        # parameters and activations
+        from volume.nested import REPLICA_COPIES
+
         layers = _layers(spec)
         params = sum(fi * fo + fo for _, fi, fo, _ in layers)
         acts = sum(fo * pos for _, _, fo, pos in layers)
         n, chunk = settings.particles, min(settings.batch, settings.particles)
-        cap("bytes of one nested-sampling replica (3 x particles x parameters, one chunk's forward)",
-            4 * (3 * n * params + chunk * (params + inputs.n_inputs * acts)), limits.max_worker_bytes,
+        cap(f"bytes of one nested-sampling replica ({REPLICA_COPIES} x particles x parameters, one chunk's forward)",
+            4 * (REPLICA_COPIES * n * params + chunk * (params + inputs.n_inputs * acts)), limits.max_worker_bytes,
             "ask for fewer particles, or use a smaller network")

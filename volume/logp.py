@@ -9,9 +9,11 @@ Methods (each answers ln P(f) of ``function`` on the spec's input set under its 
   labels, importance_samples=0)`` (the infinite-width limit; threshold outputs only).
 * ``'gp'``: ``volume.gp.estimate.log_prior(spec, labels)`` with its own defaults, the best GP
   estimate the library has (its ``method`` and ``stderr`` when it reports them).
-* ``'nested'``: the finite network's own volume by subset simulation with elliptical slice
-  sampling in parameter space (:mod:`volume.nested`), error bar from R independent replicas;
-  ``interval`` is log_p +- t_{R-1} SE (Student t: the SE is estimated from R values).
+* ``'nested'``: the finite network's own volume by subset simulation with preconditioned
+  Crank-Nicolson (or elliptical slice sampling) moves in parameter space (:mod:`volume.nested`),
+  error bar from R independent replicas; ``interval`` is log_p +- t_{R-1} SE (Student t: the SE
+  is estimated from R values); ``reason`` carries the estimator's flags (replica-spread fallback,
+  stuck pCN chains) even where there is an SE.
 * ``'auto'`` (default): ``'count'`` when a table is given and holds f at least ``min_count``
   times (then the counting error, about 1/sqrt(n_f) nats, is at most 0.1), else ``'nested'``.
 
@@ -130,6 +132,8 @@ def _gp_log_p(spec: ExperimentSpec, labels: np.ndarray, method: str) -> LogP:
     elif stderr is None:
         reason = ("deterministic approximation of the infinite-width limit: no Monte-Carlo error; its bias "
                   "against the finite network is not included")
+    if not getattr(res, "reliable", True):  # the GP estimator's own diagnostic failure is passed on, not dropped
+        reason = "; ".join(r for r in (getattr(res, "reason", "") or "not reliable by its diagnostics", reason) if r)
     d["gp_method"] = getattr(res, "method", "ep" if method == "ep" or not res.importance_samples else "ep+is")
     return LogP(method, float(res.log_p), None if stderr is None else float(stderr), reason=reason, diagnostics=d)
 
@@ -162,12 +166,12 @@ def log_p(spec: ExperimentSpec, function: Any, method: str = "auto", *, table: A
     elif method in ("ep", "gp"):
         res = _gp_log_p(spec, labels, method)
     else:
-        from volume.nested import NestedSettings, nested_log_p
+        from volume.nested import NestedSettings, join_reasons, nested_log_p
 
         r = nested_log_p(spec, labels, settings or NestedSettings(), seed=seed, map_fn=map_fn)
         reason = r.reason
         if r.converged and r.stderr is None:
-            reason = "one replica: no error bar (use replicas >= 2)"
+            reason = join_reasons("one replica: no error bar (use replicas >= 2)", reason)
         interval = None
         if r.converged and r.stderr is not None and math.isfinite(r.log_p):
             from scipy.stats import t as student_t

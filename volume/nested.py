@@ -84,6 +84,13 @@ wide SE.
 The bias and the variance at the default settings are measured against exact and counted
 references in benchmarks/nested_validation.py (benchmarks/RESULTS.md, "Issue 10").
 
+**Diagnostics.** pCN reports its acceptance rate (mean over levels and replicas), the last
+level's (mean over replicas) and the last level's step; ESS its tries per step and the fraction
+of steps that ran out of tries (each None for the other kernel). A replica whose last level
+accepted fewer than MIN_ACCEPTANCE = 5% of its pCN proposals left its particles there as copies
+of a few survivors: the estimate keeps its value and says so in ``reason`` (:func:`stuck_chains`)
+and in ``flags`` ('pcn-stuck', beside 'spread-fallback' and 'not-converged').
+
 **Determinism.** A replica's random numbers are drawn in a fixed order from its own generator,
 whatever the evaluation chunk size (``batch``); replicas run in process or as Ray tasks
 (``map_fn=volume.jobs.ray_map``) with the same result.
@@ -93,7 +100,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -150,6 +158,10 @@ class NestedSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise NestedError(f"{name} = {v!r}: give an integer >= 1")
+        for name in ("p0", "target_accept", "step0"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise NestedError(f"{name} = {v!r}: give a number")
         if self.kernel not in KERNELS:
             raise NestedError(f"kernel = {self.kernel!r}: give one of {', '.join(KERNELS)}")
         if not (isinstance(self.target_accept, (int, float)) and 0.0 < self.target_accept < 1.0):
@@ -161,6 +173,30 @@ class NestedSettings:
         if not 1 <= round(self.p0 * self.particles) < self.particles:
             raise NestedError(f"p0 * particles = {self.p0 * self.particles:g}: keep at least 1 and fewer than all "
                               "particles per level (more particles, or p0 nearer 0.5)")
+
+    @classmethod
+    def from_mapping(cls, given: Mapping[str, Any] | None = None, *, where: str = "", **fixed: Any) -> NestedSettings:
+        """The settings from ``given`` -- a command line's flags, a request's fields, a config
+        table -- the one place every front end (``volume logp``, ``POST /logp``, experiment
+        configs, the benchmarks) builds and validates them. Keys whose value is None keep their
+        defaults; ``fixed`` (e.g. a server's ``max_levels``) overrides ``given``. An unknown key or
+        a bad value raises a one-line NestedError naming the field (prefixed by ``where``, e.g.
+        'systems[0].nested.') and the fix."""
+        if given is not None and not isinstance(given, Mapping):
+            raise NestedError(f"{where or 'nested settings'}: give a table of settings ({', '.join(SETTINGS_FIELDS)}), "
+                              f"not {type(given).__name__}")
+        kw = {k: v for k, v in (given or {}).items() if v is not None}
+        unknown = sorted(str(k) for k in kw if k not in SETTINGS_FIELDS)
+        if unknown:
+            raise NestedError(f"{where}{unknown[0]} is not a nested-sampling setting: use {', '.join(SETTINGS_FIELDS)}")
+        try:
+            return cls(**{**kw, **fixed})
+        except NestedError as e:
+            raise NestedError(f"{where}{e}") from None
+
+
+SETTINGS_FIELDS = tuple(f.name for f in fields(NestedSettings))
+"""The names :meth:`NestedSettings.from_mapping` takes."""
 
 
 # ---- the level function --------------------------------------------------------------
@@ -274,12 +310,13 @@ class ReplicaResult:
     converged: bool
     reason: str | None
     evaluations: int  # forward evaluations of one particle
-    shrink_mean: float  # ESS tries per step, mean
-    stuck_fraction: float  # ESS steps that hit max_shrink
+    shrink_mean: float | None  # ESS: tries per step, mean (None under pCN)
+    stuck_fraction: float | None  # ESS: steps that hit max_shrink (None under pCN)
     seconds: float
     thresholds: list[float] = field(default_factory=list)
-    acceptance: float | None = None  # pCN: accepted fraction of proposals
-    last_step: float | None = None  # pCN: step size at the last level
+    acceptance: float | None = None  # pCN: accepted fraction of proposals, mean over levels (None under ESS)
+    acceptance_last: float | None = None  # pCN: the last level's accepted fraction
+    last_step: float | None = None  # pCN: the step size the last level moved with
 
 
 def _ess_step(margin: Margin, eps: torch.Tensor, L: torch.Tensor, match: torch.Tensor, c: float,
@@ -339,6 +376,7 @@ def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Gener
     L, match = margin(eps)
     evals, tries, steps, stuck = n, 0, 0, 0
     step, accepted = settings.step0, 0
+    acc_last, step_last = None, None  # pCN: the last level that moved
     log_p, thresholds = 0.0, []
     converged, reason = False, None
     for level in range(settings.max_levels + 1):
@@ -370,11 +408,11 @@ def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Gener
         if settings.kernel == "pcn":
             acc = sum(_pcn_step(margin, eps, L, match, c, gen, step) for _ in range(settings.moves))
             evals += n * settings.moves
-            tries += n * settings.moves
             steps += n * settings.moves
             accepted += acc
+            acc_last, step_last = acc / (n * settings.moves), step
             # the next level's step from this level's acceptance rate (fixed within a level)
-            step = min(1.0, max(STEP_MIN, step * math.exp(acc / (n * settings.moves) - settings.target_accept)))
+            step = min(1.0, max(STEP_MIN, step * math.exp(acc_last - settings.target_accept)))
             continue
         for _ in range(settings.moves):
             e, tr, st = _ess_step(margin, eps, L, match, c, gen, settings.max_shrink)
@@ -382,11 +420,13 @@ def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Gener
             tries += tr
             stuck += st
             steps += n
+    if settings.kernel == "pcn":  # every level makes n * moves proposals: the overall rate is the mean over levels
+        kernel_diag = dict(shrink_mean=None, stuck_fraction=None, acceptance=accepted / steps if steps else None,
+                           acceptance_last=acc_last, last_step=step_last)
+    else:
+        kernel_diag = dict(shrink_mean=tries / steps if steps else 0.0, stuck_fraction=stuck / steps if steps else 0.0)
     return ReplicaResult(log_p=log_p, levels=len(thresholds), converged=converged, reason=reason, evaluations=evals,
-                         shrink_mean=tries / steps if steps else 0.0, stuck_fraction=stuck / steps if steps else 0.0,
-                         seconds=time.perf_counter() - t0, thresholds=thresholds,
-                         acceptance=accepted / steps if steps and settings.kernel == "pcn" else None,
-                         last_step=step if settings.kernel == "pcn" else None)
+                         seconds=time.perf_counter() - t0, thresholds=thresholds, **kernel_diag)
 
 
 class ReplicaTask:
@@ -407,6 +447,17 @@ def macs_per_evaluation(spec: ExperimentSpec, input_shape: tuple[int, ...], n_in
 
     layers = layer_shapes(spec, input_shape)
     return n_inputs * sum(math.prod(layer.weight_shape) * layer.positions(shape) for layer, shape in walk(layers, input_shape))
+
+
+REPLICA_COPIES = 6
+"""Copies of the particles (N x D floats) one replica holds at its peak, for the memory bound of
+``POST /logp`` (volume.limits.check_logp): eps and the directions nu, and the proposal with its
+temporaries (pCN: eps sqrt(1 - s^2), nu s and their sum; ESS: the pending rows of eps and nu,
+their products and sum), and the copies of resampled survivors. Measured peak RSS above the
+process's baseline (benchmarks/nested_memory.py: 1-700-700-1 ReLU, 2 inputs, N = 100, batch 16
+and 1000; RESULTS.md "Issue 10"): 4.9 to 5.5 N D floats with either kernel, forward chunk
+included, varying between runs; rounded up to 6, the forward chunk counted on top. ESS holds the
+same arrays as pCN; its extra cost is evaluations (:func:`work_bound`)."""
 
 
 def work_bound(spec: ExperimentSpec, settings: NestedSettings, input_shape: tuple[int, ...], n_inputs: int) -> float:
@@ -433,16 +484,29 @@ class NestedResult:
     settings: dict
     levels_mean: float
     evaluations: int
-    shrink_mean: float
-    stuck_fraction: float
+    shrink_mean: float | None  # ESS: tries per step (None under pCN)
+    stuck_fraction: float | None  # ESS: steps that ran out of tries (None under pCN)
     seconds: float
     n_active_inputs: int
     n_fixed_inputs: int
     n_params: int
-    acceptance: float | None = None  # pCN: accepted fraction of proposals, mean over replicas
+    acceptance: float | None = None  # pCN: accepted fraction of proposals, mean over levels and replicas
+    acceptance_last: float | None = None  # pCN: the last level's accepted fraction, mean over replicas
+    last_step: float | None = None  # pCN: the step size of the last level, mean over replicas
+    stuck_replicas: int | None = None  # pCN: replicas whose last level accepted < MIN_ACCEPTANCE (stuck_chains)
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """Short tags of what ``reason`` says is wrong, for tables: 'not-converged' (an upper
+        bound), 'spread-fallback' (replica sd > MAX_REPLICA_SD), 'pcn-stuck' (stuck_chains)."""
+        return tuple(tag for tag, on in (("not-converged", not self.converged),
+                                          ("spread-fallback", self.replica_sd is not None
+                                           and self.replica_sd > MAX_REPLICA_SD),
+                                          ("pcn-stuck", bool(self.stuck_replicas))) if on)
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["flags"] = list(self.flags)
         for k in ("log_p", "stderr", "mean_replica", "replica_sd"):
             if d[k] is not None and not math.isfinite(d[k]):
                 d[k] = None
@@ -453,6 +517,26 @@ class NestedResult:
 def _mean_or_none(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return float(np.mean(kept)) if kept else None
+
+
+MIN_ACCEPTANCE = 0.05
+"""pCN acceptance rate at a replica's last level below which its chains count as stuck (the
+step adapts towards ``target_accept`` = 0.4; measured ~0.34 at the last level of 'majority',
+benchmarks/RESULTS.md "Issue 10"): see :func:`stuck_chains`."""
+
+
+def stuck_chains(results: list[ReplicaResult]) -> str | None:
+    """The diagnostic failure of pCN moves, or None: a replica whose last level accepted fewer
+    than :data:`MIN_ACCEPTANCE` of its proposals barely moved its particles there, so its last
+    factors count copies of a few survivors (its value, and the spread of the replicas, are not
+    to be trusted; the unbiasedness argument holds, the variance is not what the SE says)."""
+    rates = [r.acceptance_last for r in results if r.acceptance_last is not None]
+    low = [a for a in rates if a < MIN_ACCEPTANCE]
+    if not low:
+        return None
+    return (f"pCN chains stuck: {len(low)} of {len(rates)} replicas accepted < {MIN_ACCEPTANCE:g} of the proposals at "
+            f"their last level (lowest {min(low):.3g}), so the particles there are copies and the estimate and its "
+            f"error bar are not trusted; use more moves, or the default target_accept/step0, or kernel 'ess'")
 
 
 MAX_REPLICA_SD = 2.0
@@ -501,22 +585,27 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
         exact = -math.inf if margin.impossible is not None else 0.0
         reason = margin.impossible or "every input's output is fixed by the prior and f agrees with it: P(f) = 1"
         return NestedResult(log_p=exact, stderr=0.0, converged=True, reason=reason, replicas=[],
-                            mean_replica=None, replica_sd=None, levels_mean=0.0, evaluations=0, shrink_mean=0.0,
-                            stuck_fraction=0.0, seconds=time.perf_counter() - t0, **common)
+                            mean_replica=None, replica_sd=None, levels_mean=0.0, evaluations=0, shrink_mean=None,
+                            stuck_fraction=None, seconds=time.perf_counter() - t0, **common)
     task = ReplicaTask(spec, labels, settings, seed)
     items = list(range(settings.replicas))
     results: list[ReplicaResult] = map_fn(task, items) if map_fn is not None else [task(r) for r in items]
     values = [r.log_p for r in results]
     bad = [r for r in results if not r.converged]
-    steps = [r.shrink_mean for r in results]
     diag = dict(levels_mean=float(np.mean([r.levels for r in results])), evaluations=sum(r.evaluations for r in results),
-                shrink_mean=float(np.mean(steps)), stuck_fraction=float(np.mean([r.stuck_fraction for r in results])),
+                shrink_mean=_mean_or_none([r.shrink_mean for r in results]),
+                stuck_fraction=_mean_or_none([r.stuck_fraction for r in results]),
                 seconds=time.perf_counter() - t0,
-                acceptance=_mean_or_none([r.acceptance for r in results]))
+                acceptance=_mean_or_none([r.acceptance for r in results]),
+                acceptance_last=_mean_or_none([r.acceptance_last for r in results]),
+                last_step=_mean_or_none([r.last_step for r in results]),
+                stuck_replicas=sum(r.acceptance_last < MIN_ACCEPTANCE for r in results if r.acceptance_last is not None)
+                if settings.kernel == "pcn" else None)
+    stuck = stuck_chains(results)
     if bad:
         upper = max(values)
-        return NestedResult(log_p=upper, stderr=None, converged=False,
-                            reason=f"{len(bad)} of {len(results)} replicas did not reach f: {bad[0].reason}",
+        reason = f"{len(bad)} of {len(results)} replicas did not reach f: {bad[0].reason}"
+        return NestedResult(log_p=upper, stderr=None, converged=False, reason=join_reasons(reason, stuck),
                             replicas=values, mean_replica=None, replica_sd=None, **diag, **common)
     log_p, se, mean, sd = combine_replicas(values)
     reason = None
@@ -524,9 +613,27 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
         reason = (f"replicas spread by sd = {sd:.1f} nats (> {MAX_REPLICA_SD:g}): the log-normal combination is not "
                   f"reliable, so ln P is the log of the replicas' mean probability, with the log-normal error "
                   f"bar (wide, not checked against repeated seeds in this regime); use more particles and replicas")
-    return NestedResult(log_p=log_p, stderr=se, converged=True, reason=reason, replicas=values, mean_replica=mean,
-                        replica_sd=sd, **diag, **common)
+    return NestedResult(log_p=log_p, stderr=se, converged=True, reason=join_reasons(reason, stuck), replicas=values,
+                        mean_replica=mean, replica_sd=sd, **diag, **common)
+
+
+def moves_diagnostic(d: Mapping[str, Any]) -> str:
+    """One line of the moves' own diagnostic from a result's ``to_dict()`` (or a mapping with its
+    keys): pCN's acceptance (mean, last level) and last step, ESS's tries per step and the
+    fraction that ran out of tries; '' when no level moved."""
+    if d.get("acceptance") is not None:
+        return (f"pcn acceptance {d['acceptance']:.2f} (last level {d['acceptance_last']:.2f}, "
+                f"step {d['last_step']:.3g})")
+    if d.get("shrink_mean") is not None:
+        return f"ess {d['shrink_mean']:.1f} tries/step ({d['stuck_fraction']:.1%} ran out)"
+    return ""
+
+
+def join_reasons(*reasons: str | None) -> str | None:
+    """The reasons given, in order, joined by '; ' (None when there are none)."""
+    kept = [r for r in reasons if r]
+    return "; ".join(kept) if kept else None
 
 
 __all__ = ["work_bound", "macs_per_evaluation", "NestedSettings", "NestedResult", "Margin", "nested_log_p", "subset_simulation", "combine_replicas", "MAX_REPLICA_SD",
-           "ReplicaTask", "NestedError"]
+           "SETTINGS_FIELDS", "REPLICA_COPIES", "MIN_ACCEPTANCE", "stuck_chains", "join_reasons", "moves_diagnostic", "ReplicaTask", "NestedError"]

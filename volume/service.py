@@ -335,6 +335,10 @@ class WorkBudget:
                                 "ask for less (fewer functions, a smaller table or spec)") from None
 
 
+LOGP_NESTED_FIELDS = ("particles", "replicas", "p0", "moves", "kernel")
+"""The nested settings a POST /logp may set (max_levels is the server's, Limits.max_logp_levels)."""
+
+
 class LogPRequest(_Body):
     functions: list[str | list[int]] = Field(..., min_length=1, description="functions: '0'/'1' strings, hex keys, "
                                                                             "target rules or label lists")
@@ -342,10 +346,16 @@ class LogPRequest(_Body):
     table: str | None = Field(None, description="instead of spec: this table's spec (and its counts for 'count'/'auto')")
     method: str = Field("auto", description="auto | count | ep | gp | nested (volume.logp.log_p)")
     seed: int = Field(0, ge=0)
-    particles: int | None = Field(None, ge=2, description="nested: particles per replica")
-    replicas: int | None = Field(None, ge=1, description="nested: independent replicas (the error bar)")
-    p0: float | None = Field(None, gt=0, lt=1, description="nested: fraction kept per level")
-    moves: int | None = Field(None, ge=1, description="nested: slice-sampling steps per particle per level")
+    # nested settings: bounds and defaults live in one place, volume.nested.NestedSettings.from_mapping
+    # (a bad value is a 400 naming the field); only the JSON type is checked here (strict: no
+    # true for 1, no "0.5" for 0.5; a 422 naming the field); null keeps the default
+    particles: int | None = Field(None, strict=True, description="nested: particles per replica")
+    replicas: int | None = Field(None, strict=True, description="nested: independent replicas (the error bar)")
+    p0: float | None = Field(None, strict=True, description="nested: fraction kept per level, in (0, 1)")
+    moves: int | None = Field(None, strict=True, description="nested: MCMC steps per particle per level")
+    kernel: str | None = Field(None, strict=True, description="nested: 'pcn' (preconditioned Crank-Nicolson, default) or 'ess' "
+                                                 "(elliptical slice sampling; its worst case counts max_shrink "
+                                                 "evaluations per step against the work limit)")
 
 
 # ---- the API, free of HTTP and Ray ------------------------------------------------------
@@ -563,8 +573,8 @@ class VolumeAPI:
             raise ApiError(400, "method 'count' needs a table: give table (a table name) instead of spec")
         table = self.store.get(req.table) if req.table is not None else None
         spec = self.parse_spec(req.spec) if req.spec is not None else table.spec
-        given = {k: getattr(req, k) for k in ("particles", "replicas", "p0", "moves") if getattr(req, k) is not None}
-        settings = NestedSettings(**given, max_levels=self.limits.max_logp_levels)
+        settings = NestedSettings.from_mapping({k: getattr(req, k) for k in LOGP_NESTED_FIELDS},
+                                               max_levels=self.limits.max_logp_levels)
         check_logp(spec, self.limits, req.method, len(req.functions), settings)
         return self.work.run("the ln P(f) estimate", self._logp, spec, table, req, settings)
 

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replicas", type=int, default=None, help="nested: independent replicas (error bar)")
     p.add_argument("--p0", type=float, default=None, help="nested: fraction of particles kept per level")
     p.add_argument("--moves", type=int, default=None, help="nested: MCMC steps per particle per level")
-    p.add_argument("--kernel", choices=("pcn", "ess"), default=None,
+    p.add_argument("--kernel", default=None,
                    help="nested: pcn (preconditioned Crank-Nicolson, default) or ess (elliptical slice sampling) moves")
     p.add_argument("--ray", action="store_true", help="nested: replicas as Ray tasks (a local instance unless --address)")
     p.add_argument("--address", default=None, help="Ray cluster for --ray: auto, HOST:6379 or ray://HOST:10001")
@@ -42,12 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_logp)
 
 
+NESTED_FLAGS = ("particles", "replicas", "p0", "moves", "kernel")
+"""The nested settings this command takes as flags (validated by NestedSettings.from_mapping)."""
+
+
 def settings_from(args):
     from volume.nested import NestedSettings
 
-    given = {k: getattr(args, k) for k in ("particles", "replicas", "p0", "moves", "kernel")
-             if getattr(args, k) is not None}
-    return NestedSettings(**given)
+    return NestedSettings.from_mapping({k: getattr(args, k) for k in NESTED_FLAGS}, where="--")
 
 
 def cmd_logp(args) -> int:
@@ -93,6 +95,10 @@ def _line(r) -> str:
     elif r.method == "nested":
         s += (f"  {d['settings']['replicas']} replicas x {d['settings']['particles']} particles, "
               f"{d['levels_mean']:.1f} levels, {d['seconds']:.1f} s")
-    if r.reason and r.stderr is None or r.upper_bound:
+        from volume.nested import moves_diagnostic
+
+        moves = moves_diagnostic(d)  # the kernel's own: pCN acceptance, or ESS tries per step
+        s += f", {moves}" if moves else ""
+    if r.reason:  # fallbacks and diagnostic failures are shown, not only missing error bars
         s += f"  [{r.reason}]"
     return s

@@ -281,13 +281,9 @@ def _system(i: int, d: Any, base: Path) -> System:
     nested = d.get("nested", {})
     if not isinstance(nested, dict):
         raise _err(f"{path}.nested", nested, "a table of nested-sampling settings, e.g. {particles = 40, replicas = 4}")
-    try:
-        from volume.nested import NestedSettings
-        NestedSettings(**nested)
-    except TypeError as e:
-        raise _err(f"{path}.nested", nested, f"fields of volume.nested.NestedSettings ({e})") from None
-    except VolumeError as e:
-        raise VolumeError(f"{path}.nested: {e}") from None
+    from volume.nested import NestedSettings
+
+    NestedSettings.from_mapping(nested, where=f"{path}.nested.")
     runs = d.get("runs", [])
     if not isinstance(runs, list) or not runs:
         raise _err(f"{path}.runs", runs, "give at least one [[systems.runs]] table")

@@ -123,7 +123,7 @@ def make_volume_fn(method: str, spec: ExperimentSpec, *, table: FrequencyTable |
         def by_nested(s: ExperimentSpec, labels: np.ndarray) -> Volume:
             log_p, se = nested_volume(labels)
             mean, sd = nested_volume.replica_stats(labels)
-            return Volume(log_p, None if not math.isfinite(se) else se, "nested",
+            return Volume(log_p, None if not math.isfinite(se) else se, nested_volume.method(labels),
                           {"replica_mean": mean, "replica_sd": sd})
 
         return by_nested

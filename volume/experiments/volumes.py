@@ -54,9 +54,10 @@ class NestedVolume:
         from volume.nested import NestedSettings
 
         self.spec, self.seed = spec, seed
-        self.settings = NestedSettings(**{**NESTED_SETTINGS, **settings})
+        self.settings = NestedSettings.from_mapping({**NESTED_SETTINGS, **settings})
         self.cache: dict[bytes, tuple[float, float]] = {}
         self.stats: dict[bytes, tuple[float, float]] = {}
+        self.flags: dict[bytes, tuple[str, ...]] = {}  # NestedResult.flags: fallbacks, stuck chains
 
     def __call__(self, labels: np.ndarray) -> tuple[float, float]:
         from volume.nested import nested_log_p
@@ -67,7 +68,15 @@ class NestedVolume:
             self.cache[key] = (float(r.log_p), math.nan if r.stderr is None else float(r.stderr))
             self.stats[key] = (math.nan if r.mean_replica is None else float(r.mean_replica),
                                math.nan if r.replica_sd is None else float(r.replica_sd))
+            self.flags[key] = r.flags
         return self.cache[key]
+
+    def method(self, labels: np.ndarray) -> str:
+        """'nested', or 'nested(FLAG,...)' when the estimate is flagged (NestedResult.flags), so that
+        an experiment's method column shows which numbers are fallbacks or failed diagnostics."""
+        self(labels)
+        flags = self.flags[np.asarray(labels, dtype=np.uint8).tobytes()]
+        return f"nested({','.join(flags)})" if flags else "nested"
 
     def replica_stats(self, labels: np.ndarray) -> tuple[float, float]:
         """(mean, standard deviation) of the replicas' ln P for ``labels`` (computed if needed)."""
