@@ -70,10 +70,69 @@ def standard(kind: str, n_params: int, key: tuple[int, int], start: int, stop: i
     return out
 
 
-CHUNK = 64  # inputs per chunk of the kernel's forward pass (kernel.h CHUNK)
+CHUNK = getattr(_fused, "CHUNK", 64)  # inputs per chunk of the kernel's forward pass (kernel.h CHUNK)
 VECTOR_WIDTH = {"avx512": 16, "avx2": 8, "generic": 4}  # floats per vector of each instruction set
 PLAN_GAIN = 0.7  # use a first-layer plan when it needs at most this fraction of the dense FMAs (measured:
 # 0.36 of them on boolean7 gives +4-5% draws/s, 0.6-0.67 on pm1 cubes +0.4-3%, 0.47 on raw MNIST +70%)
+
+
+def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data start on an ``align``-byte boundary: the kernel
+    loads whole vectors of xt and px with aligned loads, and uses such arrays in place (others
+    it copies on every call)."""
+    a = np.asarray(a)
+    raw = np.empty(a.nbytes + align, dtype=np.uint8)
+    off = -raw.ctypes.data % align
+    out = raw[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def colex_order(x: np.ndarray) -> np.ndarray:
+    """np.lexsort(x.T): the rows of x (m, d) sorted by (x_{d-1}, ..., x_0), ties in index order.
+
+    lexsort makes one stable pass per coordinate (0.5 s for 10,000 x 661 inputs); here the last
+    coordinate is sorted first and only the rows it leaves tied are sorted by the rest, so inputs
+    whose last coordinate already tells them apart (an input basis, volume.basis) cost one sort."""
+    m, d = x.shape
+    if d == 0:
+        return np.arange(m)
+    order = np.argsort(x[:, d - 1], kind="stable")
+    last = x[order, d - 1]
+    tie = last[1:] == last[:-1]  # sorted rows i and i + 1 agree on x_{d-1}
+    if d == 1 or not tie.any():
+        return order
+    in_tie = np.zeros(m, dtype=bool)
+    in_tie[1:] |= tie
+    in_tie[:-1] |= tie
+    at = np.flatnonzero(in_tie)  # sorted positions of tied rows (each tie a contiguous run)
+    run = np.concatenate(([0], np.cumsum(~tie)))[at]  # which run of equal x_{d-1}
+    rows = order[at]  # in index order within each run (the sort is stable)
+    order[at] = rows[np.lexsort(np.vstack([x[rows, :d - 1].T, run]))]
+    return order
+
+
+def first_layer_fmas(xs: np.ndarray, vw: int) -> int:
+    """The vector FMAs per unit of first_layer_plan's plan for the sorted inputs ``xs`` (mp, d),
+    without building it: the same count, from whole-array operations (the plan's loop costs
+    ~1.5 s at 10,000 image inputs, and in an input basis it is then rejected)."""
+    mp, d = xs.shape
+    lanes = xs.reshape(mp // vw, vw, d)  # one row per vector
+    nv = lanes.shape[0]
+    const = np.all(lanes == lanes[:, :1], axis=1)  # (nv, d): coordinate k is the same in every lane
+    tail = np.where(const.all(axis=1), d, np.argmin(const[:, ::-1], axis=1))  # constant coordinates at the end
+    k0 = d - tail
+    nonzero = np.any(lanes != 0, axis=1)
+    before = np.arange(d) < k0[:, None]
+    suffix = np.count_nonzero(nonzero & ~before, axis=1)
+    prefix = np.count_nonzero(nonzero & before, axis=1)
+    # a chunk's vectors share a prefix when they agree on k0 and on every lane's x_0 .. x_{k0-1}
+    rows = np.zeros((nv, 2 + vw * d), dtype=np.uint32)
+    rows[:, 0] = np.arange(nv) * vw // CHUNK
+    rows[:, 1] = k0
+    rows[:, 2:] = np.where(before[:, None, :], lanes.view(np.uint32), 0).reshape(nv, -1)
+    _, first = np.unique(rows.view(np.dtype((np.void, rows.shape[1] * 4))).ravel(), return_index=True)
+    return int(suffix.sum() + prefix[first].sum())
 
 
 def first_layer_plan(x: np.ndarray, vw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -98,12 +157,24 @@ def first_layer_plan(x: np.ndarray, vw: int) -> tuple[np.ndarray, np.ndarray, np
     program of kernel.h's plan_rows for each chunk in turn, the lane vectors (n, vw) float32
     it refers to, and the vector FMAs per unit it costs (the dense product: mp / vw * d).
     """
+    order, xs = sorted_inputs(x)
+    return (order, xs) + plan_program(xs, vw)
+
+
+def sorted_inputs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, xs): the inputs x (m, d) in colex order (colex_order), padded with zero rows to
+    a multiple of 16, float32 (first_layer_plan's order and xs)."""
     x = np.asarray(x, dtype=np.float32)
     m, d = x.shape
-    mp = -(-m // 16) * 16
-    order = np.lexsort(x.T)  # the last key, x_{d-1}, first
-    xs = np.zeros((mp, d), dtype=np.float32)
+    order = colex_order(x)
+    xs = np.zeros((-(-m // 16) * 16, d), dtype=np.float32)
     xs[:m] = x[order]
+    return order, xs
+
+
+def plan_program(xs: np.ndarray, vw: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(plan, px, fmas) of first_layer_plan for the sorted, padded inputs xs (mp, d)."""
+    mp, d = xs.shape
     vectors: dict[bytes, int] = {}
 
     def vec(v: np.ndarray) -> int:
@@ -132,7 +203,7 @@ def first_layer_plan(x: np.ndarray, vw: int) -> tuple[np.ndarray, np.ndarray, np
         for pre, vecs in groups.values():
             plan += [len(pre) // 2] + pre + [len(vecs)] + [w for v in vecs for w in v]
     px = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(-1, vw) if vectors else np.zeros((1, vw), np.float32)
-    return order, xs, np.asarray(plan, dtype=np.int32), px.copy(), fmas
+    return np.asarray(plan, dtype=np.int32), px.copy(), fmas
 
 
 class FusedFCN:
@@ -166,12 +237,14 @@ class FusedFCN:
             isa = isas()[0]  # pinned: a plan is laid out for one vector width, and the kernel must use that one
         vw = VECTOR_WIDTH.get(isa)  # None: the kernel names the bad isa
         if first_layer != "dense" and len(layers) >= 2 and vw and getattr(_fused, "FIRST_LAYER_PLAN", 0):
-            order, xs, plan, px, fmas = first_layer_plan(x, vw)
-            if first_layer == "plan" or fmas <= PLAN_GAIN * (mp // vw) * x.shape[1]:
+            order, xs = sorted_inputs(x)  # the decision first: the plan's program is a Python loop
+            if first_layer == "plan" or first_layer_fmas(xs, vw) <= PLAN_GAIN * (mp // vw) * x.shape[1]:
+                plan, px, _ = plan_program(xs, vw)
                 pos = np.empty(self.m, dtype=np.int32)
                 pos[order] = np.arange(self.m, dtype=np.int32)
-                self.xt = np.ascontiguousarray(xs.T)
-                self.plan = (pos, plan, px)
+                self.xt = xs.T
+                self.plan = (pos, plan, aligned(px))
+        self.xt = aligned(self.xt)  # once: the kernel uses 64-byte aligned arrays in place
         self.dims = [x.shape[1]] + [layer.weight_shape[0] for layer in layers]
         homogeneous = spec.architecture.activation == "relu" and prior.sigma_b == 0
         self.scales = [0.0 if homogeneous else prior.sigma_w / math.sqrt(layer.fan_in) for layer in layers]
