@@ -196,18 +196,55 @@ def _fmas_cases():
     signed = np.c_[np.where(b, 1.0, np.where(marker, -0.0, 0.0)[:, None]), marker, c].astype(np.float32)  # in 0's sign
     return {"cube01": cube, "cube-pm1": 2 * cube - 1, "scaled-prefix": scaled, "signed-zero-prefix": signed, "grid": _GRID.astype(np.float32), "sparse": sparse,
             "duplicates": np.repeat(sparse[:40], 3, axis=0), "signed-zeros": signed_zeros, "last-ties": last_ties,
-            "gaussian": rng.normal(size=(150, 20)).astype(np.float32), "one-input": cube[5:6], "one-coordinate": sparse[:, :1]}
+            "gaussian": rng.normal(size=(150, 20)).astype(np.float32), "one-input": cube[5:6], "one-coordinate": sparse[:, :1], "zeros": np.zeros((20, 3), np.float32)}
+
+
+def _reference_plan(xs, vw):
+    """first_layer_plan's program as it was first written, step by step (kernel.h's layout)."""
+    mp, d = xs.shape
+    vectors = {}
+
+    def vec(v):
+        return vectors.setdefault(np.ascontiguousarray(v, dtype=np.float32).tobytes(), len(vectors))
+
+    plan, fmas = [], 0
+    for c0 in range(0, mp, fused.CHUNK):
+        groups = {}
+        for c in range(min(fused.CHUNK, mp - c0) // vw):
+            lanes = xs[c0 + c * vw:c0 + (c + 1) * vw]
+            const = np.all(lanes == lanes[0], axis=0)
+            k0 = d
+            while k0 > 0 and const[k0 - 1]:
+                k0 -= 1
+            nonzero = np.flatnonzero(np.any(lanes != 0, axis=0))
+            key = np.int64(k0).tobytes() + lanes[:, :k0].tobytes()
+            if key not in groups:
+                groups[key] = ([w for k in nonzero[nonzero < k0] for w in (int(k), vec(lanes[:, k]))], [])
+                fmas += len(groups[key][0]) // 2
+            suffix = nonzero[nonzero >= k0]
+            groups[key][1].append([c, len(suffix)] + [w for k in suffix for w in (int(k), vec(lanes[:, k]))])
+            fmas += len(suffix)
+        plan.append(len(groups))
+        for pre, vecs in groups.values():
+            plan += [len(pre) // 2] + pre + [len(vecs)] + [w for v in vecs for w in v]
+    px = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(-1, vw) if vectors else np.zeros((1, vw), np.float32)
+    return np.asarray(plan, dtype=np.int32), px, fmas
 
 
 @pytest.mark.parametrize("name", list(_fmas_cases()))
-def test_the_plan_decision_counts_what_the_plan_costs(name):
-    """colex_order is np.lexsort's order, and first_layer_fmas (whole-array operations, run before
-    the plan's Python loop) counts exactly the FMAs of the plan the loop then builds."""
+def test_the_plan_from_whole_arrays_is_the_step_by_step_plan(name):
+    """colex_order is np.lexsort's order; first_layer_fmas (run before any plan is built) counts
+    exactly the FMAs of the plan; plan_program (whole-array operations) gives exactly the plan and
+    lane vectors of the step-by-step construction (_reference_plan), at every vector width."""
     x = _fmas_cases()[name]
     np.testing.assert_array_equal(fused.colex_order(x), np.lexsort(x.T))
     order, xs = fused.sorted_inputs(x)
     for vw in (4, 8, 16):
-        assert fused.first_layer_fmas(xs, vw) == fused.plan_program(xs, vw)[2], vw
+        plan, px, fmas = fused.plan_program(xs, vw)
+        want_plan, want_px, want_fmas = _reference_plan(xs, vw)
+        assert fused.first_layer_fmas(xs, vw) == fmas == want_fmas, vw
+        np.testing.assert_array_equal(plan, want_plan)
+        assert plan.dtype == np.int32 and px.dtype == np.float32 and px.tobytes() == want_px.tobytes()
 
 
 @needs_kernel
@@ -216,7 +253,7 @@ def test_a_rejected_plan_is_never_built(monkeypatch):
     plan's loop at all; the cube, where it saves 64%, does."""
     calls = []
     real = fused.plan_program
-    monkeypatch.setattr(fused, "plan_program", lambda xs, vw: calls.append(vw) or real(xs, vw))
+    monkeypatch.setattr(fused, "plan_program", lambda xs, vw, layout=None: calls.append(vw) or real(xs, vw, layout))
     spec = ExperimentSpec(architecture=FCN(hidden=(10, 10)), inputs=BooleanCube(n=7), block_size=8)
     s = Sampler(spec, backend="torch")
     dense = fused.FusedFCN(spec, s.layers, np.random.default_rng(0).normal(size=(128, 7)))
