@@ -116,9 +116,9 @@ static int get_array(PyObject *obj, Py_buffer *view, char kind, int writable, co
     if (ok && kind == 'f') ok = f[0] == 'f' && view->itemsize == 4;
     else if (ok && kind == 'i') ok = (f[0] == 'i' || f[0] == 'l') && view->itemsize == 4;
     else if (ok) ok = (f[0] == 'B' || f[0] == 'b' || f[0] == 'c') && view->itemsize == 1;
-    if (!ok || (kind != 'B' && ((uintptr_t)view->buf & 3))) {
-        PyErr_Format(PyExc_ValueError, "fcn_keys: %s must be a%s %s array, not format '%s' (%zd-byte items)",
-                     name, kind != 'B' ? "n aligned" : "", type, view->format ? view->format : "B", view->itemsize);
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "fcn_keys: %s must be a %s array, not format '%s' (%zd-byte items)", name, type,
+                     view->format ? view->format : "B", view->itemsize);
         PyBuffer_Release(view);
         view->obj = NULL;
         return -1;
@@ -210,8 +210,9 @@ static int check_plan(const int32_t *plan, Py_ssize_t n, const int32_t *pos, int
  *          plan for the vector width of isa (volume/fused.py first_layer_plan): pos (m,) int32,
  *          plan int32, px (n, vector width) float32, xt's columns permuted by pos. xt and px are
  *          used in place where 64-byte aligned (else copied per call); everything is checked
- *          before the kernel runs (the plan walked as the kernel walks it): bad arguments give a
- *          ValueError, never an out-of-bounds access. */
+ *          before the kernel runs (the plan walked as the kernel walks it, on private copies of
+ *          plan and pos that the kernel then follows): bad arguments give a ValueError, never an
+ *          out-of-bounds access. */
 static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer keys = {0}, xt = {0}, pos = {0}, plan = {0}, px = {0};
@@ -227,6 +228,7 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     float *xt_copy = NULL, *px_copy = NULL;
+    int32_t *plan_copy = NULL, *pos_copy = NULL;
     if (get_array(keys_o, &keys, 'B', 1, "keys") < 0 || get_array(xt_o, &xt, 'f', 0, "xt") < 0) goto done;
     int nd = parse_numbers(dims, job.dims, MAX_LAYERS + 1, 0, "dims");
     if (nd < 0) goto done;
@@ -279,12 +281,18 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
                          "(the vector width of isa %s)", job.m, vw, ISA_NAMES[isa]);
             goto done;
         }
-        if (check_plan((const int32_t *)plan.buf, plan.len / 4, (const int32_t *)pos.buf, job.m, job.mp, vw,
-                       job.dims[0], px.len / (vw * 4)) < 0)
+        /* the kernel follows private copies of the checked plan and pos: another thread cannot
+         * change them between the check and the kernel (the GIL is released while it runs) */
+        plan_copy = malloc((size_t)plan.len + 4);
+        pos_copy = malloc((size_t)pos.len);
+        if (!plan_copy || !pos_copy) { PyErr_NoMemory(); goto done; }
+        memcpy(plan_copy, plan.buf, (size_t)plan.len);
+        memcpy(pos_copy, pos.buf, (size_t)pos.len);
+        if (check_plan(plan_copy, plan.len / 4, pos_copy, job.m, job.mp, vw, job.dims[0], px.len / (vw * 4)) < 0)
             goto done;
         if (!(job.px = aligned_floats(&px, &px_copy))) goto done;
-        job.pos = (const int32_t *)pos.buf;
-        job.plan = (const int32_t *)plan.buf;
+        job.pos = pos_copy;
+        job.plan = plan_copy;
     }
     if (!(job.xt = aligned_floats(&xt, &xt_copy))) goto done;
     int rc;
@@ -296,6 +304,8 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
 done:
     free(xt_copy);
     free(px_copy);
+    free(plan_copy);
+    free(pos_copy);
     if (keys.obj) PyBuffer_Release(&keys);
     if (xt.obj) PyBuffer_Release(&xt);
     if (pos.obj) PyBuffer_Release(&pos);
