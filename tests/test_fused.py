@@ -379,7 +379,8 @@ def test_arrays_in_place_or_copied_give_the_same_keys():
         np.testing.assert_array_equal(_fused_call(f, (pos, plan, shifted(px, by)), xt=shifted(f.xt, by)), want)
     for bad, msg in [(dict(xt=f.xt.astype(np.float64)), "xt must be a"), (dict(xt=f.xt[:, ::2]), "xt must be a C-contiguous"),
                      (dict(dims=[7, 0, 5, 1]), "dims: entry 1 is 0"), (dict(bits=0), "bits_per_label"),
-                     (dict(out=np.zeros((f.key_bytes, 4), np.uint8).T), "keys must be a C-contiguous writable")]:
+                     (dict(out=np.zeros((f.key_bytes, 4), np.uint8).T), "keys must be a C-contiguous writable"),
+                     (dict(out=np.zeros((5, f.key_bytes), np.uint8)), "buffer sizes do not match")]:
         with pytest.raises(ValueError, match=msg):
             _fused_call(f, (), **bad)
 

@@ -262,8 +262,8 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     job.mp = (job.m + 15) / 16 * 16;
     job.key_bytes = (job.m * job.bits_per_label + 7) / 8;
     job.key0 = k0; job.key1 = k1; job.start = start; job.stop = stop;
-    if (stop < start || stop - start > keys.len || xt.len != (Py_ssize_t)job.dims[0] * job.mp * 4 ||
-        keys.len != (Py_ssize_t)(stop - start) * job.key_bytes) {
+    if (stop < start || xt.len != (Py_ssize_t)job.dims[0] * job.mp * 4 || keys.len % job.key_bytes ||
+        keys.len / job.key_bytes != stop - start) {
         PyErr_SetString(PyExc_ValueError, "fcn_keys: buffer sizes do not match dims, m and [start, stop)");
         goto done;
     }
