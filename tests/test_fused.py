@@ -182,6 +182,217 @@ def test_first_layer_plan_shares_and_skips():
         fused.FusedFCN(ExperimentSpec(architecture=FCN(hidden=(5, 5)), inputs=BooleanCube(n=3)), [], x, first_layer="x")
 
 
+def _fmas_cases():
+    rng = np.random.default_rng(3)
+    cube = np.array([[(m >> k) & 1 for k in range(7)] for m in range(128)], dtype=np.float32)
+    sparse = rng.integers(0, 3, size=(300, 12)).astype(np.float32) * (rng.random((300, 12)) < 0.3)
+    signed_zeros = np.where(rng.random((70, 5)) < 0.5, np.float32(-0.0), np.float32(0.0))
+    signed_zeros[:, 0] = rng.integers(0, 2, 70)
+    last_ties = rng.normal(size=(200, 9)).astype(np.float32)
+    last_ties[:, -1] = rng.integers(0, 3, 200)  # ties in the last coordinate only
+    bits, marker, c = (a.ravel() for a in np.meshgrid(np.arange(16), [0, 1], [0, 1], indexing="ij"))
+    b = (bits[:, None] >> np.arange(4)) & 1  # one chunk of 4 vectors with equal k0 whose prefixes differ
+    scaled = np.c_[b * np.where(marker, 0.5, 0.25)[:, None], marker, c].astype(np.float32)  # only in scale
+    signed = np.c_[np.where(b, 1.0, np.where(marker, -0.0, 0.0)[:, None]), marker, c].astype(np.float32)  # in 0's sign
+    return {"cube01": cube, "cube-pm1": 2 * cube - 1, "scaled-prefix": scaled, "signed-zero-prefix": signed, "grid": _GRID.astype(np.float32), "sparse": sparse,
+            "duplicates": np.repeat(sparse[:40], 3, axis=0), "signed-zeros": signed_zeros, "last-ties": last_ties,
+            "gaussian": rng.normal(size=(150, 20)).astype(np.float32), "one-input": cube[5:6], "one-coordinate": sparse[:, :1], "zeros": np.zeros((20, 3), np.float32)}
+
+
+def _reference_plan(xs, vw):
+    """first_layer_plan's program as it was first written, step by step (kernel.h's layout)."""
+    mp, d = xs.shape
+    vectors = {}
+
+    def vec(v):
+        return vectors.setdefault(np.ascontiguousarray(v, dtype=np.float32).tobytes(), len(vectors))
+
+    plan, fmas = [], 0
+    for c0 in range(0, mp, fused.CHUNK):
+        groups = {}
+        for c in range(min(fused.CHUNK, mp - c0) // vw):
+            lanes = xs[c0 + c * vw:c0 + (c + 1) * vw]
+            const = np.all(lanes == lanes[0], axis=0)
+            k0 = d
+            while k0 > 0 and const[k0 - 1]:
+                k0 -= 1
+            nonzero = np.flatnonzero(np.any(lanes != 0, axis=0))
+            key = np.int64(k0).tobytes() + lanes[:, :k0].tobytes()
+            if key not in groups:
+                groups[key] = ([w for k in nonzero[nonzero < k0] for w in (int(k), vec(lanes[:, k]))], [])
+                fmas += len(groups[key][0]) // 2
+            suffix = nonzero[nonzero >= k0]
+            groups[key][1].append([c, len(suffix)] + [w for k in suffix for w in (int(k), vec(lanes[:, k]))])
+            fmas += len(suffix)
+        plan.append(len(groups))
+        for pre, vecs in groups.values():
+            plan += [len(pre) // 2] + pre + [len(vecs)] + [w for v in vecs for w in v]
+    px = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(-1, vw) if vectors else np.zeros((1, vw), np.float32)
+    return np.asarray(plan, dtype=np.int32), px, fmas
+
+
+@pytest.mark.parametrize("name", list(_fmas_cases()))
+def test_the_plan_from_whole_arrays_is_the_step_by_step_plan(name):
+    """colex_order is np.lexsort's order; first_layer_fmas (run before any plan is built) counts
+    exactly the FMAs of the plan; plan_program (whole-array operations) gives exactly the plan and
+    lane vectors of the step-by-step construction (_reference_plan), at every vector width."""
+    x = _fmas_cases()[name]
+    np.testing.assert_array_equal(fused.colex_order(x), np.lexsort(x.T))
+    order, xs = fused.sorted_inputs(x)
+    for vw in (4, 8, 16):
+        plan, px, fmas = fused.plan_program(xs, vw)
+        want_plan, want_px, want_fmas = _reference_plan(xs, vw)
+        assert fused.first_layer_fmas(xs, vw) == fmas == want_fmas, vw
+        np.testing.assert_array_equal(plan, want_plan)
+        assert plan.dtype == np.int32 and px.dtype == np.float32 and px.tobytes() == want_px.tobytes()
+
+
+@needs_kernel
+def test_a_rejected_plan_is_never_built(monkeypatch):
+    """Inputs where the plan saves nothing (dense, all distinct: an input basis) do not run the
+    plan's loop at all; the cube, where it saves 64%, does."""
+    calls = []
+    real = fused.plan_program
+    monkeypatch.setattr(fused, "plan_program", lambda xs, vw, layout=None: calls.append(vw) or real(xs, vw, layout))
+    spec = ExperimentSpec(architecture=FCN(hidden=(10, 10)), inputs=BooleanCube(n=7), block_size=8)
+    s = Sampler(spec, backend="torch")
+    dense = fused.FusedFCN(spec, s.layers, np.random.default_rng(0).normal(size=(128, 7)))
+    assert dense.plan is None and calls == []
+    cube = fused.FusedFCN(spec, s.layers, np.asarray(s.x))
+    assert cube.plan is not None and len(calls) == 1
+
+
+def _plan_entries(plan, n_chunks):
+    """Position of each kind of entry of a first-layer plan (kernel.h's layout)."""
+    at = {"groups": [], "pre": [], "k": [], "j": [], "vectors": [], "c": [], "suf": []}
+    i = 0
+    for _ in range(n_chunks):
+        at["groups"].append(i)
+        ng = plan[i]
+        i += 1
+        for _ in range(ng):
+            at["pre"].append(i)
+            for e in range(plan[i]):
+                at["k"].append(i + 1 + 2 * e)
+                at["j"].append(i + 2 + 2 * e)
+            i += 1 + 2 * plan[i]
+            at["vectors"].append(i)
+            nvec = plan[i]
+            i += 1
+            for _ in range(nvec):
+                at["c"].append(i)
+                at["suf"].append(i + 1)
+                for e in range(plan[i + 1]):
+                    at["k"].append(i + 2 + 2 * e)
+                    at["j"].append(i + 3 + 2 * e)
+                i += 2 + 2 * plan[i + 1]
+    assert i == len(plan)
+    return at
+
+
+@needs_kernel
+def test_a_malformed_plan_is_refused_not_followed():
+    """fcn_keys walks a first-layer plan as the kernel does before running it: an index out of
+    range, a count that runs past the end, leftover entries, a vector computed twice or never,
+    a pos that is no permutation, a plan for another vector width, the wrong dtype or layout all
+    give a one-line ValueError (they were out-of-bounds reads and writes); and no single changed
+    entry crashes the kernel."""
+    spec = ExperimentSpec(architecture=FCN(hidden=(9, 5)), inputs=BooleanCube(n=7), block_size=16, seed=2)
+    s = Sampler(spec, backend="torch")
+    f = fused.FusedFCN(spec, s.layers, np.asarray(s.x), "generic", first_layer="plan")
+    pos, plan, px = f.plan
+    want = f.keys(0)
+    at = _plan_entries(plan, 128 // fused.CHUNK)
+
+    def keys(pos=pos, plan=plan, px=px, isa="generic"):
+        f.plan, f.isa = (pos, plan, px), isa
+        try:
+            return f.keys(0)
+        finally:
+            f.plan, f.isa = (pos_, plan_, px_), "generic"
+
+    pos_, plan_, px_ = pos, plan, px
+
+    def changed(where, value):
+        p = plan.copy()
+        p[where] = value
+        return p
+
+    np.testing.assert_array_equal(keys(), want)
+    _, _, plan8, px8, _ = fused.first_layer_plan(np.asarray(s.x), 8)  # laid out for AVX2's 8 lanes
+    bad = {
+        "k = K": (dict(plan=changed(at["k"][0], 7)), "coordinate k = 7"),
+        "k < 0": (dict(plan=changed(at["k"][-1], -1)), "coordinate k = -1"),
+        "j = rows of px": (dict(plan=changed(at["j"][3], len(px))), f"vector j = {len(px)}"),
+        "c out of the chunk": (dict(plan=changed(at["c"][2], 64 // 4)), "vector index c = 16"),
+        "c twice": (dict(plan=changed(at["c"][1], plan[at["c"][0]])), "computed twice"),
+        "negative count": (dict(plan=changed(at["pre"][0], -3)), "negative prefix count"),
+        "count past the end": (dict(plan=changed(at["suf"][-1], 10 ** 6)), "runs past its end"),
+        "groups past the end": (dict(plan=changed(at["groups"][-1], 2 ** 31 - 1)), "runs past its end"),
+        "truncated": (dict(plan=plan[:-1]), "runs past its end"),
+        "trailing entry": (dict(plan=np.append(plan, np.int32(0))), "1 entries left over"),
+        "one chunk only": (dict(plan=plan[:at["groups"][1]]), "runs past its end"),
+        "int64 plan": (dict(plan=plan.astype(np.int64)), "plan must be a"),
+        "float64 px": (dict(px=px.astype(np.float64)), "px must be a"),
+        "int64 pos": (dict(pos=pos.astype(np.int64)), "pos must be a"),
+        "strided plan": (dict(plan=np.repeat(plan, 2)[::2]), "plan must be a C-contiguous"),
+        "pos repeated": (dict(pos=np.r_[pos[1], pos[1:]].astype(np.int32)), "repeated"),
+        "pos out of range": (dict(pos=np.r_[np.int32(128), pos[1:]].astype(np.int32)), "permutation"),
+        "pos too short": (dict(pos=pos[:-1]), "pos must have m = 128"),
+        "px part of a row": (dict(px=px.ravel()[:-1]), "whole rows of 4"),
+        "plan of 8 lanes": (dict(plan=plan8, px=px8.reshape(-1, 4)), "never computed"),
+    }
+    for name, (kw, msg) in bad.items():
+        with pytest.raises(ValueError, match=msg) as e:
+            keys(**kw)
+        assert "\n" not in str(e.value), name
+    with pytest.raises(ValueError, match="needs all of pos, plan and px"):
+        _fused_call(f, (pos, plan))
+    rng = np.random.default_rng(1)  # any one entry set to any small value: refused or followed, never a crash
+    for _ in range(300):
+        p = changed(rng.integers(len(plan)), rng.integers(-2, 2 + max(len(px), 16)))
+        try:
+            keys(plan=p)
+        except ValueError as e:
+            assert str(e).startswith("fcn_keys: invalid first-layer plan")
+    np.testing.assert_array_equal(keys(), want)
+
+
+@needs_kernel
+def test_arrays_in_place_or_copied_give_the_same_keys():
+    """The sampler's xt and px are 64-byte aligned once, and the kernel uses them in place;
+    arrays at any other address are copied per call, with the same keys. Bad dtypes, layouts,
+    dims and label widths are refused with a ValueError."""
+    spec = ExperimentSpec(architecture=FCN(hidden=(9, 5)), inputs=BooleanCube(n=7), block_size=16, seed=2)
+    s = Sampler(spec, backend="torch")
+    f = fused.FusedFCN(spec, s.layers, np.asarray(s.x), first_layer="plan")
+    pos, plan, px = f.plan
+    assert f.xt.ctypes.data % 64 == 0 and px.ctypes.data % 64 == 0
+    want = _fused_call(f, f.plan)
+
+    def shifted(a, by):  # a copy of a starting `by` bytes after a 64-byte boundary
+        out = fused.aligned(np.zeros(a.size + 16, np.float32))[by // 4:][:a.size].reshape(a.shape)
+        out[...] = a
+        return out
+
+    for by in (4, 16, 32):
+        np.testing.assert_array_equal(_fused_call(f, (pos, plan, shifted(px, by)), xt=shifted(f.xt, by)), want)
+    for bad, msg in [(dict(xt=f.xt.astype(np.float64)), "xt must be a"), (dict(xt=f.xt[:, ::2]), "xt must be a C-contiguous"),
+                     (dict(dims=[7, 0, 5, 1]), "dims: entry 1 is 0"), (dict(bits=0), "bits_per_label"),
+                     (dict(out=np.zeros((f.key_bytes, 4), np.uint8).T), "keys must be a C-contiguous writable"),
+                     (dict(out=np.zeros((5, f.key_bytes), np.uint8)), "buffer sizes do not match")]:
+        with pytest.raises(ValueError, match=msg):
+            _fused_call(f, (), **bad)
+
+
+def _fused_call(f, plan_args, xt=None, dims=None, bits=1, out=None):
+    """Keys of draws 0..3 of a threshold network from _fused.fcn_keys with these arguments."""
+    out = np.empty((4, f.key_bytes), dtype=np.uint8) if out is None else out
+    fused._fused.fcn_keys(out, f.xt if xt is None else xt, f.dims if dims is None else dims, f.scales, 0.0, 0, 0, 0,
+                          bits, f.m, 1, 2, 0, 4, f.isa, *plan_args)
+    return out
+
+
 def test_without_the_extension_the_torch_path_is_used_with_a_notice(monkeypatch, capsys):
     monkeypatch.setattr(fused, "_fused", None)
     monkeypatch.setattr(fused, "_IMPORT_ERROR", "No module named 'volume._fused'")

@@ -70,10 +70,97 @@ def standard(kind: str, n_params: int, key: tuple[int, int], start: int, stop: i
     return out
 
 
-CHUNK = 64  # inputs per chunk of the kernel's forward pass (kernel.h CHUNK)
+CHUNK = getattr(_fused, "CHUNK", 64)  # inputs per chunk of the kernel's forward pass (kernel.h CHUNK)
 VECTOR_WIDTH = {"avx512": 16, "avx2": 8, "generic": 4}  # floats per vector of each instruction set
 PLAN_GAIN = 0.7  # use a first-layer plan when it needs at most this fraction of the dense FMAs (measured:
 # 0.36 of them on boolean7 gives +4-5% draws/s, 0.6-0.67 on pm1 cubes +0.4-3%, 0.47 on raw MNIST +70%)
+
+
+def aligned(a: np.ndarray, align: int = 64) -> np.ndarray:
+    """A C-contiguous copy of ``a`` whose data start on an ``align``-byte boundary: the kernel
+    loads whole vectors of xt and px with aligned loads, and uses such arrays in place (others
+    it copies on every call)."""
+    a = np.asarray(a)
+    raw = np.empty(a.nbytes + align, dtype=np.uint8)
+    off = -raw.ctypes.data % align
+    out = raw[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def colex_order(x: np.ndarray) -> np.ndarray:
+    """np.lexsort(x.T): the rows of x (m, d) sorted by (x_{d-1}, ..., x_0), ties in index order.
+
+    lexsort makes one stable pass per coordinate (0.5 s for 10,000 x 661 inputs); here the last
+    coordinate is sorted first and only the rows it leaves tied are sorted by the rest, so inputs
+    whose last coordinate already tells them apart (an input basis, volume.basis) cost one sort."""
+    m, d = x.shape
+    if d == 0:
+        return np.arange(m)
+    order = np.argsort(x[:, d - 1], kind="stable")
+    last = x[order, d - 1]
+    tie = last[1:] == last[:-1]  # sorted rows i and i + 1 agree on x_{d-1}
+    if d == 1 or not tie.any():
+        return order
+    in_tie = np.zeros(m, dtype=bool)
+    in_tie[1:] |= tie
+    in_tie[:-1] |= tie
+    at = np.flatnonzero(in_tie)  # sorted positions of tied rows (each tie a contiguous run)
+    run = np.concatenate(([0], np.cumsum(~tie)))[at]  # which run of equal x_{d-1}
+    rows = order[at]  # in index order within each run (the sort is stable)
+    order[at] = rows[np.lexsort((*x[rows, :d - 1].T, run))]  # keys of their own dtypes: no float64 copy
+    return order
+
+
+def _first_equal(rows: np.ndarray) -> np.ndarray:
+    """For each row of ``rows`` (n, w) uint32, the index of the first row equal to it (bit for bit).
+
+    Rows are told apart by a 64-bit hash (two sums of the words times odd constants, mod 2^32)
+    sorted as integers, and the answer is then checked word for word; only if two different rows
+    share a hash are they compared as byte strings (np.unique over the rows, ~10x slower)."""
+    n = len(rows)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    mult = np.random.default_rng(0x9E3779B9).integers(0, 2 ** 31, size=(rows.shape[1], 2), dtype=np.uint32) * 2 + 1
+    h = np.zeros((n, 2), dtype=np.uint32)
+    for c0 in range(0, rows.shape[1], 4096):  # bounded temporaries; uint32 arithmetic wraps (mod 2^32)
+        h += rows[:, c0:c0 + 4096] @ mult[c0:c0 + 4096]
+    _, first, which = np.unique(h.view(np.uint64).ravel(), return_index=True, return_inverse=True)
+    same = first[which.ravel()]
+    if np.array_equal(rows[same], rows):
+        return same
+    _, first, which = np.unique(np.ascontiguousarray(rows).view(np.dtype((np.void, 4 * rows.shape[1]))).ravel(),
+                                return_index=True, return_inverse=True)
+    return first[which.ravel()]
+
+
+def _layout(xs: np.ndarray, vw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The plan of first_layer_plan as whole arrays, for the sorted inputs xs (mp, d): per
+    vector v (vw lanes), k0[v] (coordinates k0 .. d-1 are the same in every lane), first[v]
+    (the first vector of its chunk whose lanes agree with v's on k0 and on x_0 .. x_{k0-1}: the
+    group that shares its prefix), and steps (nv, d): the FMAs the plan makes for v, coordinate
+    k of v's prefix (if v is the first of its group) and of its suffix, zero coordinates skipped."""
+    mp, d = xs.shape
+    lanes = xs.reshape(mp // vw, vw, d)
+    nv = lanes.shape[0]
+    const = np.all(lanes == lanes[:, :1], axis=1)  # (nv, d): coordinate k is the same in every lane
+    tail = np.where(const.all(axis=1), d, np.argmin(const[:, ::-1], axis=1))  # constant coordinates at the end
+    k0 = d - tail
+    before = np.arange(d) < k0[:, None]
+    # the group's key: the chunk, k0 and every lane's x_0 .. x_{k0-1} (bytes: -0.0 is not 0.0)
+    rows = np.zeros((nv, 2 + vw * d), dtype=np.uint32)
+    rows[:, 0] = np.arange(nv) * vw // CHUNK
+    rows[:, 1] = k0
+    rows[:, 2:] = np.where(before[:, None, :], lanes.view(np.uint32), 0).reshape(nv, -1)
+    first = _first_equal(rows)
+    steps = np.any(lanes != 0, axis=1) & (~before | (first == np.arange(nv))[:, None])
+    return lanes, k0, first, steps
+
+
+def first_layer_fmas(xs: np.ndarray, vw: int) -> int:
+    """The vector FMAs per unit of first_layer_plan's plan for the sorted inputs ``xs`` (mp, d),
+    without building the plan (whole-array operations: FusedFCN decides on them first)."""
+    return int(np.count_nonzero(_layout(xs, vw)[3]))
 
 
 def first_layer_plan(x: np.ndarray, vw: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -98,41 +185,59 @@ def first_layer_plan(x: np.ndarray, vw: int) -> tuple[np.ndarray, np.ndarray, np
     program of kernel.h's plan_rows for each chunk in turn, the lane vectors (n, vw) float32
     it refers to, and the vector FMAs per unit it costs (the dense product: mp / vw * d).
     """
+    order, xs = sorted_inputs(x)
+    return (order, xs) + plan_program(xs, vw)
+
+
+def sorted_inputs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, xs): the inputs x (m, d) in colex order (colex_order), padded with zero rows to
+    a multiple of 16, float32 (first_layer_plan's order and xs)."""
     x = np.asarray(x, dtype=np.float32)
     m, d = x.shape
-    mp = -(-m // 16) * 16
-    order = np.lexsort(x.T)  # the last key, x_{d-1}, first
-    xs = np.zeros((mp, d), dtype=np.float32)
+    order = colex_order(x)
+    xs = np.zeros((-(-m // 16) * 16, d), dtype=np.float32)
     xs[:m] = x[order]
-    vectors: dict[bytes, int] = {}
+    return order, xs
 
-    def vec(v: np.ndarray) -> int:
-        return vectors.setdefault(np.ascontiguousarray(v, dtype=np.float32).tobytes(), len(vectors))
 
-    plan: list[int] = []
-    fmas = 0
-    for c0 in range(0, mp, CHUNK):
-        groups: dict[bytes, tuple[list[int], list[int]]] = {}  # prefix -> (its program, its vectors')
-        for c in range(min(CHUNK, mp - c0) // vw):
-            lanes = xs[c0 + c * vw:c0 + (c + 1) * vw]  # (vw, d)
-            const = np.all(lanes == lanes[0], axis=0)
-            k0 = d
-            while k0 > 0 and const[k0 - 1]:
-                k0 -= 1
-            nonzero = np.flatnonzero(np.any(lanes != 0, axis=0))
-            key = np.int64(k0).tobytes() + lanes[:, :k0].tobytes()
-            if key not in groups:
-                pre = [w for k in nonzero[nonzero < k0] for w in (int(k), vec(lanes[:, k]))]
-                groups[key] = (pre, [])
-                fmas += len(pre) // 2
-            suffix = nonzero[nonzero >= k0]
-            groups[key][1].append([c, len(suffix)] + [w for k in suffix for w in (int(k), vec(lanes[:, k]))])
-            fmas += len(suffix)
-        plan.append(len(groups))
-        for pre, vecs in groups.values():
-            plan += [len(pre) // 2] + pre + [len(vecs)] + [w for v in vecs for w in v]
-    px = np.frombuffer(b"".join(vectors), dtype=np.float32).reshape(-1, vw) if vectors else np.zeros((1, vw), np.float32)
-    return order, xs, np.asarray(plan, dtype=np.int32), px.copy(), fmas
+def plan_program(xs: np.ndarray, vw: int, layout: tuple | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(plan, px, fmas) of first_layer_plan for the sorted, padded inputs xs (mp, d).
+
+    The lane vectors are numbered in the order the plan first uses them, the groups of a chunk
+    in the order of their first vectors, a group's vectors in chunk order. The work is whole-
+    array operations (_layout, and one np.unique over the used lane vectors) and a loop over the
+    vectors that joins slices (it was a Python loop per step: 1.5 s at 10,000 MNIST inputs)."""
+    mp, d = xs.shape
+    lanes, k0, first, steps = _layout(xs, vw) if layout is None else layout  # layout: _layout(xs, vw), if known
+    nv = lanes.shape[0]
+    v_of, k_of = np.nonzero(steps)  # the plan's steps, vector by vector, k ascending: prefix, then suffix
+    if len(k_of):
+        cols = np.ascontiguousarray(lanes[v_of, :, k_of]).view(np.uint32)  # (steps, vw): each step's lane vector
+        same = _first_equal(cols)  # the first step with the same lane vector
+        seen = np.flatnonzero(same == np.arange(len(same)))  # steps that use a lane vector first
+        number = np.zeros(len(same), dtype=np.int64)
+        number[seen] = np.arange(len(seen))  # numbered by first use
+        px = cols[seen].view(np.float32)
+        j_of = number[same]
+    else:
+        px, j_of = np.zeros((1, vw), np.float32), np.zeros(0, np.int64)
+    pairs = np.stack([k_of, j_of], axis=1).astype(np.int32).ravel()
+    end = 2 * np.cumsum(np.count_nonzero(steps, axis=1))  # vector v's steps: pairs[end[v-1]:end[v]]
+    n_pre = np.count_nonzero(steps & (np.arange(d) < k0[:, None]), axis=1)  # 0 unless v starts its group
+    parts: list[np.ndarray] = []
+    per_chunk = CHUNK // vw
+    for v0 in range(0, nv, per_chunk):
+        vs = range(v0, min(v0 + per_chunk, nv))
+        heads = [v for v in vs if first[v] == v]
+        parts.append(np.array([len(heads)], np.int32))
+        for g in heads:
+            start = end[g - 1] if g else 0
+            members = [v for v in vs if first[v] == g]
+            parts += [np.array([n_pre[g]], np.int32), pairs[start:start + 2 * n_pre[g]], np.array([len(members)], np.int32)]
+            for v in members:
+                s0 = (end[v - 1] if v else 0) + (2 * n_pre[v])
+                parts += [np.array([v - v0, (end[v] - s0) // 2], np.int32), pairs[s0:end[v]]]
+    return np.concatenate(parts).astype(np.int32), np.ascontiguousarray(px, dtype=np.float32), len(k_of)
 
 
 class FusedFCN:
@@ -166,12 +271,15 @@ class FusedFCN:
             isa = isas()[0]  # pinned: a plan is laid out for one vector width, and the kernel must use that one
         vw = VECTOR_WIDTH.get(isa)  # None: the kernel names the bad isa
         if first_layer != "dense" and len(layers) >= 2 and vw and getattr(_fused, "FIRST_LAYER_PLAN", 0):
-            order, xs, plan, px, fmas = first_layer_plan(x, vw)
-            if first_layer == "plan" or fmas <= PLAN_GAIN * (mp // vw) * x.shape[1]:
+            order, xs = sorted_inputs(x)
+            layout = _layout(xs, vw)  # the decision first (first_layer_fmas), then the plan if it saves work
+            if first_layer == "plan" or np.count_nonzero(layout[3]) <= PLAN_GAIN * (mp // vw) * x.shape[1]:
+                plan, px, _ = plan_program(xs, vw, layout)
                 pos = np.empty(self.m, dtype=np.int32)
                 pos[order] = np.arange(self.m, dtype=np.int32)
-                self.xt = np.ascontiguousarray(xs.T)
-                self.plan = (pos, plan, px)
+                self.xt = xs.T
+                self.plan = (pos, plan, aligned(px))
+        self.xt = aligned(self.xt)  # once: the kernel uses 64-byte aligned arrays in place
         self.dims = [x.shape[1]] + [layer.weight_shape[0] for layer in layers]
         homogeneous = spec.architecture.activation == "relu" and prior.sigma_b == 0
         self.scales = [0.0 if homogeneous else prior.sigma_w / math.sqrt(layer.fan_in) for layer in layers]

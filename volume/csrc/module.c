@@ -15,6 +15,10 @@
 
 #include "kernel_api.h"
 
+#ifndef CHUNK
+#define CHUNK 64 /* inputs per chunk of the kernel (kernel.h CHUNK; a first-layer plan is laid out per chunk) */
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #define X86 1
 #else
@@ -90,26 +94,142 @@ static int parse_numbers(PyObject *seq, void *out, int max, int as_float, const 
     return PyErr_Occurred() ? -1 : (int)n;
 }
 
+/* Vector width (floats) of each ISA index of pick_isa. */
+static const int ISA_VW[] = {4, 8, 16};
+
+/* A C-contiguous buffer of one element type ('f': float32, 'i': int32, 'B': uint8) from obj;
+ * -1 with a one-line ValueError naming `name` otherwise (numpy's own error replaced). */
+static int get_array(PyObject *obj, Py_buffer *view, char kind, int writable, const char *name) {
+    static const char *TYPES[] = {"float32", "int32", "uint8"};
+    const char *type = TYPES[kind == 'f' ? 0 : kind == 'i' ? 1 : 2];
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) {
+        PyErr_Clear();
+        view->obj = NULL;
+        PyErr_Format(PyExc_ValueError, "fcn_keys: %s must be a C-contiguous%s %s array", name,
+                     writable ? " writable" : "", type);
+        return -1;
+    }
+    const char *f = view->format ? view->format : "B";
+    const int little = *(const unsigned char *)&(uint16_t){1};
+    if (*f == '@' || *f == '=' || (*f == '<' && little) || ((*f == '>' || *f == '!') && !little)) f++;
+    int ok = f[0] && !f[1];
+    if (ok && kind == 'f') ok = f[0] == 'f' && view->itemsize == 4;
+    else if (ok && kind == 'i') ok = (f[0] == 'i' || f[0] == 'l') && view->itemsize == 4;
+    else if (ok) ok = (f[0] == 'B' || f[0] == 'b' || f[0] == 'c') && view->itemsize == 1;
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "fcn_keys: %s must be a %s array, not format '%s' (%zd-byte items)", name, type,
+                     view->format ? view->format : "B", view->itemsize);
+        PyBuffer_Release(view);
+        view->obj = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* The kernel reads whole vectors (up to 64 bytes) of xt and px with aligned loads: a buffer
+ * that is already 64-byte aligned (volume/fused.py allocates them so, once per sampler) is
+ * used in place; any other is copied to an aligned one, freed by the caller (*copy). */
+static const float *aligned_floats(const Py_buffer *b, float **copy) {
+    *copy = NULL;
+    if (((uintptr_t)b->buf & 63) == 0) return (const float *)b->buf;
+    *copy = aligned_alloc(64, ((size_t)b->len + 63) / 64 * 64);
+    if (!*copy) return (const float *)PyErr_NoMemory();
+    memcpy(*copy, b->buf, (size_t)b->len);
+    return *copy;
+}
+
+/* Check a first-layer plan exactly as kernel.h's first_layer_planned/plan_rows walk it, so
+ * that no plan can make the kernel read or write out of bounds: per chunk of CHUNK columns
+ * (mp / CHUNK of them, the last one shorter), n_groups >= 0; per group n_pre >= 0 pairs (k, j),
+ * n_vec >= 0, per vector c, n_suf >= 0 and n_suf pairs (k, j); every k < K, every j < n_px,
+ * every c < the chunk's vectors and each of them computed exactly once (else the layer would
+ * read a column nobody wrote), and the plan consumed exactly. pos must be a permutation of
+ * 0 .. m-1 (the keys read column pos[i] of m). 0, or -1 with a one-line ValueError. */
+static int check_plan(const int32_t *plan, Py_ssize_t n, const int32_t *pos, int m, int mp, int vw, int K,
+                      Py_ssize_t n_px) {
+    Py_ssize_t i = 0;
+    char *seen = calloc((size_t)m, 1);
+    if (!seen) { PyErr_NoMemory(); return -1; }
+    for (int q = 0; q < m; q++) {
+        if (pos[q] < 0 || pos[q] >= m || seen[pos[q]]) {
+            free(seen);
+            PyErr_Format(PyExc_ValueError, "fcn_keys: pos must be a permutation of 0..m-1 (m = %d): entry %d is %d%s",
+                         m, q, (int)pos[q], pos[q] >= 0 && pos[q] < m ? ", repeated" : "");
+            return -1;
+        }
+        seen[pos[q]] = 1;
+    }
+    free(seen);
+#define BAD(...) do { PyErr_Format(PyExc_ValueError, "fcn_keys: invalid first-layer plan: " __VA_ARGS__); return -1; } while (0)
+#define NEED(cnt, what) do { if ((cnt) > n - i) BAD("%s at entry %zd runs past its end (%zd entries)", what, i, n); } while (0)
+#define PAIRS(cnt, what)                                                                                   \
+    do {                                                                                                   \
+        if ((cnt) < 0) BAD("negative %s count %d at entry %zd", what, (int)(cnt), i - 1);                  \
+        NEED(2 * (Py_ssize_t)(cnt), what);                                                                 \
+        for (Py_ssize_t e = i + 2 * (Py_ssize_t)(cnt); i < e; i += 2) {                                   \
+            if (plan[i] < 0 || plan[i] >= K) BAD("coordinate k = %d at entry %zd, not in 0..%d", (int)plan[i], i, K - 1); \
+            if (plan[i + 1] < 0 || plan[i + 1] >= n_px)                                                    \
+                BAD("vector j = %d at entry %zd, not in 0..%zd (px rows)", (int)plan[i + 1], i + 1, n_px - 1); \
+        }                                                                                                  \
+    } while (0)
+    for (int c0 = 0; c0 < mp; c0 += CHUNK) {
+        const int nv = (mp - c0 < CHUNK ? mp - c0 : CHUNK) / vw;
+        uint64_t done = 0;
+        NEED(1, "the chunk's group count");
+        const int32_t ng = plan[i++];
+        if (ng < 0) BAD("negative group count %d at entry %zd", (int)ng, i - 1);
+        for (int32_t g = 0; g < ng; g++) {
+            NEED(1, "a group's prefix count");
+            const int32_t npre = plan[i++];
+            PAIRS(npre, "prefix");
+            NEED(1, "a group's vector count");
+            const int32_t nvec = plan[i++];
+            if (nvec < 0) BAD("negative vector count %d at entry %zd", (int)nvec, i - 1);
+            for (int32_t v = 0; v < nvec; v++) {
+                NEED(2, "a vector's index and suffix count");
+                const int32_t c = plan[i], ns = plan[i + 1];
+                if (c < 0 || c >= nv) BAD("vector index c = %d at entry %zd, not in 0..%d", (int)c, i, nv - 1);
+                if (done >> c & 1) BAD("vector %d of the chunk at column %d computed twice (entry %zd)", (int)c, c0, i);
+                done |= (uint64_t)1 << c;
+                i += 2;
+                PAIRS(ns, "suffix");
+            }
+        }
+        if (done != ((uint64_t)1 << nv) - 1) BAD("a vector of the chunk at column %d is never computed", c0);
+    }
+    if (i != n) BAD("%zd entries left over after the last chunk (plan laid out for another vector width or input count?)", n - i);
+#undef PAIRS
+#undef NEED
+#undef BAD
+    return 0;
+}
+
 /* fcn_keys(keys, xt, dims, scales, sigma_b, biased, uniform, argmax, bits_per_label, m, key0, key1,
  *          start, stop, isa[, pos, plan, px]): keys (stop - start, key_bytes) uint8, writable; xt
  *          (dims[0], mp) float32 with mp = m rounded up to a multiple of 16; optionally a first-layer
  *          plan for the vector width of isa (volume/fused.py first_layer_plan): pos (m,) int32,
- *          plan int32, px (n, vector width) float32, xt's columns permuted by pos. */
+ *          plan int32, px (n, vector width) float32, xt's columns permuted by pos. xt and px are
+ *          used in place where 64-byte aligned (else copied per call); everything is checked
+ *          before the kernel runs (the plan walked as the kernel walks it, on private copies of
+ *          plan and pos that the kernel then follows): bad arguments give a ValueError, never an
+ *          out-of-bounds access. */
 static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer keys, xt, pos = {0}, plan = {0}, px = {0};
-    PyObject *dims, *scales;
+    Py_buffer keys = {0}, xt = {0}, pos = {0}, plan = {0}, px = {0};
+    PyObject *keys_o, *xt_o, *dims, *scales, *pos_o = NULL, *plan_o = NULL, *px_o = NULL;
     struct fcn_job job;
     memset(&job, 0, sizeof job);
     unsigned int k0, k1;
     long long start, stop;
     const char *isa_name;
-    if (!PyArg_ParseTuple(args, "w*y*OOfiiiiiIILLs|y*y*y*", &keys, &xt, &dims, &scales, &job.sigma_b, &job.biased,
+    if (!PyArg_ParseTuple(args, "OOOOfiiiiiIILLs|OOO", &keys_o, &xt_o, &dims, &scales, &job.sigma_b, &job.biased,
                           &job.uniform, &job.argmax, &job.bits_per_label, &job.m, &k0, &k1, &start, &stop,
-                          &isa_name, &pos, &plan, &px))
+                          &isa_name, &pos_o, &plan_o, &px_o))
         return NULL;
     PyObject *result = NULL;
-    float *xt_aligned = NULL, *px_aligned = NULL;
+    float *xt_copy = NULL, *px_copy = NULL;
+    int32_t *plan_copy = NULL, *pos_copy = NULL;
+    if (get_array(keys_o, &keys, 'B', 1, "keys") < 0 || get_array(xt_o, &xt, 'f', 0, "xt") < 0) goto done;
     int nd = parse_numbers(dims, job.dims, MAX_LAYERS + 1, 0, "dims");
     if (nd < 0) goto done;
     job.n_layers = nd - 1;
@@ -118,32 +238,63 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "scales: one per layer");
         goto done;
     }
+    long long n_params = 0;
+    for (int l = 0; l <= job.n_layers; l++) {
+        if (job.dims[l] < 1 || job.dims[l] > (1 << 24)) {
+            PyErr_Format(PyExc_ValueError, "dims: entry %d is %d, not in 1..2^24", l, job.dims[l]);
+            goto done;
+        }
+        if (l) n_params += (long long)job.dims[l] * (job.dims[l - 1] + 1);
+    }
+    if (n_params > (1 << 28)) {
+        PyErr_Format(PyExc_ValueError, "dims: %lld parameters per draw, more than the kernel's 2^28", n_params);
+        goto done;
+    }
+    const int units = job.dims[job.n_layers];
+    if (job.bits_per_label < 1 || job.bits_per_label > 8 || (job.argmax && units > (1 << job.bits_per_label))) {
+        PyErr_Format(PyExc_ValueError, "bits_per_label: %d does not hold the labels of %d output units (1..8 bits)",
+                     job.bits_per_label, units);
+        goto done;
+    }
     int isa = pick_isa(isa_name);
     if (isa < 0) { PyErr_Format(PyExc_ValueError, "isa %s is unknown or not supported by this CPU", isa_name); goto done; }
+    if (job.m < 1 || job.m > (1 << 26)) { PyErr_Format(PyExc_ValueError, "m: %d inputs, not in 1..2^26", job.m); goto done; }
     job.mp = (job.m + 15) / 16 * 16;
     job.key_bytes = (job.m * job.bits_per_label + 7) / 8;
     job.key0 = k0; job.key1 = k1; job.start = start; job.stop = stop;
-    if (stop < start || job.m < 1 || xt.len != (Py_ssize_t)job.dims[0] * job.mp * 4 ||
-        keys.len != (Py_ssize_t)(stop - start) * job.key_bytes) {
+    if (stop < start || xt.len != (Py_ssize_t)job.dims[0] * job.mp * 4 || keys.len % job.key_bytes ||
+        keys.len / job.key_bytes != stop - start) {
         PyErr_SetString(PyExc_ValueError, "fcn_keys: buffer sizes do not match dims, m and [start, stop)");
         goto done;
     }
-    xt_aligned = aligned_alloc(64, ((size_t)xt.len + 63) / 64 * 64);
-    if (!xt_aligned) { PyErr_NoMemory(); goto done; }
-    memcpy(xt_aligned, xt.buf, (size_t)xt.len);
-    job.xt = xt_aligned;
-    if (plan.buf && plan.len > 0) {
-        if (pos.len != (Py_ssize_t)job.m * 4 || plan.len % 4 || px.len == 0) {
-            PyErr_SetString(PyExc_ValueError, "fcn_keys: pos must have m int32 entries, plan int32 and px non-empty");
+    if (pos_o || plan_o || px_o) {
+        const int vw = ISA_VW[isa];
+        if (!pos_o || !plan_o || !px_o) {
+            PyErr_SetString(PyExc_ValueError, "fcn_keys: a first-layer plan needs all of pos, plan and px");
             goto done;
         }
-        px_aligned = aligned_alloc(64, ((size_t)px.len + 63) / 64 * 64);
-        if (!px_aligned) { PyErr_NoMemory(); goto done; }
-        memcpy(px_aligned, px.buf, (size_t)px.len);
-        job.pos = (const int32_t *)pos.buf;
-        job.plan = (const int32_t *)plan.buf;
-        job.px = px_aligned;
+        if (get_array(pos_o, &pos, 'i', 0, "pos") < 0 || get_array(plan_o, &plan, 'i', 0, "plan") < 0 ||
+            get_array(px_o, &px, 'f', 0, "px") < 0)
+            goto done;
+        if (pos.len != (Py_ssize_t)job.m * 4 || px.len == 0 || px.len % (vw * 4)) {
+            PyErr_Format(PyExc_ValueError, "fcn_keys: pos must have m = %d entries and px whole rows of %d floats "
+                         "(the vector width of isa %s)", job.m, vw, ISA_NAMES[isa]);
+            goto done;
+        }
+        /* the kernel follows private copies of the checked plan and pos: another thread cannot
+         * change them between the check and the kernel (the GIL is released while it runs) */
+        plan_copy = malloc((size_t)plan.len + 4);
+        pos_copy = malloc((size_t)pos.len);
+        if (!plan_copy || !pos_copy) { PyErr_NoMemory(); goto done; }
+        memcpy(plan_copy, plan.buf, (size_t)plan.len);
+        memcpy(pos_copy, pos.buf, (size_t)pos.len);
+        if (check_plan(plan_copy, plan.len / 4, pos_copy, job.m, job.mp, vw, job.dims[0], px.len / (vw * 4)) < 0)
+            goto done;
+        if (!(job.px = aligned_floats(&px, &px_copy))) goto done;
+        job.pos = pos_copy;
+        job.plan = plan_copy;
     }
+    if (!(job.xt = aligned_floats(&xt, &xt_copy))) goto done;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = run_fcn(isa, &job, (uint8_t *)keys.buf);
@@ -151,13 +302,15 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     if (rc != 0) { PyErr_NoMemory(); goto done; }
     result = PyUnicode_FromString(ISA_NAMES[isa]);
 done:
-    free(xt_aligned);
-    free(px_aligned);
-    PyBuffer_Release(&keys);
-    PyBuffer_Release(&xt);
-    if (pos.buf) PyBuffer_Release(&pos);
-    if (plan.buf) PyBuffer_Release(&plan);
-    if (px.buf) PyBuffer_Release(&px);
+    free(xt_copy);
+    free(px_copy);
+    free(plan_copy);
+    free(pos_copy);
+    if (keys.obj) PyBuffer_Release(&keys);
+    if (xt.obj) PyBuffer_Release(&xt);
+    if (pos.obj) PyBuffer_Release(&pos);
+    if (plan.obj) PyBuffer_Release(&plan);
+    if (px.obj) PyBuffer_Release(&px);
     return result;
 }
 
@@ -306,6 +459,9 @@ PyMODINIT_FUNC PyInit__fused(void) {
     PyObject *m = PyModule_Create(&MODULE);
     /* fcn_keys takes a first-layer plan (volume/fused.py checks this, so that a wrapper newer
      * than the built extension, as on a cluster node with an older install, stays dense) */
-    if (m && PyModule_AddIntConstant(m, "FIRST_LAYER_PLAN", 1) < 0) { Py_DECREF(m); return NULL; }
+    if (m && (PyModule_AddIntConstant(m, "FIRST_LAYER_PLAN", 1) < 0 || PyModule_AddIntConstant(m, "CHUNK", CHUNK) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }
