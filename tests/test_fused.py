@@ -170,6 +170,44 @@ def test_first_layer_plan_gives_the_dense_keys_bit_for_bit(name):
         assert s._fused.plan is not None
 
 
+_SKIP_CASES = {  # hidden layers, inputs, prior, least fraction of the pairs left out at 16 lanes
+    "boolean7": ((40, 40), BooleanCube(n=7), Prior(), 0.12),
+    "boolean7-bias": ((40, 40), BooleanCube(n=7), Prior(sigma_b=0.3), 0.12),
+    "boolean9-wide": ((70, 40), BooleanCube(n=9), Prior(sigma_b=0.1), 0.15),
+    "three-hidden": ((20, 30, 25), BooleanCube(n=6), Prior(sigma_b=0.2), 0.05),  # the layer before is hidden
+    "one-hidden": ((30,), BooleanCube(n=6), Prior(sigma_b=0.2), 0.15),  # its input: the inputs (no plan)
+    "pm1-uniform": ((24, 24), BooleanCube(n=6, encoding="pm1"), Prior(kind="uniform", sigma_b=0.5), 0.03),
+    "grid-bias": ((30, 12), _GRID, Prior(sigma_b=0.5), 0.08),
+    "gaussian-inputs": ((30, 12), np.random.default_rng(1).normal(size=(200, 3)), Prior(sigma_b=2.0), 0.2),
+}
+
+
+@needs_kernel
+@pytest.mark.parametrize("name", list(_SKIP_CASES))
+def test_skipping_zero_pairs_gives_the_same_keys(name):
+    """The last hidden layer over only the (unit, input vector) pairs of its input that are
+    nonzero in some lane (kernel.h) gives exactly the dense layer's keys, on every instruction
+    set, with and without a first-layer plan, and leaves pairs out (16% of them on boolean7)."""
+    hidden, inputs, prior, min_left_out = _SKIP_CASES[name]
+    cube = isinstance(inputs, BooleanCube)
+    spec = ExperimentSpec(architecture=FCN(hidden=hidden), inputs=inputs if cube else BooleanCube(n=4),
+                          prior=prior, block_size=400, seed=11)
+    s = Sampler(spec, backend="compiled")
+    x = np.asarray(s.x) if cube else np.asarray(inputs, dtype=np.float32)
+    pairs = 400 * (hidden[-2] if len(hidden) > 1 else x.shape[1]) * -(-len(x) // 16)  # (unit, 16-lane vector)
+    for isa in ISAS:
+        for first_layer in ("dense", "plan"):
+            dense = fused.FusedFCN(spec, s.layers, x, isa, first_layer=first_layer, skip_zeros=False)
+            sparse = fused.FusedFCN(spec, s.layers, x, isa, first_layer=first_layer, skip_zeros=True)
+            for block in (0, 1):
+                want = dense.keys(block)
+                assert dense.pairs_left_out == 0
+                np.testing.assert_array_equal(sparse.keys(block), want, err_msg=f"{isa} {first_layer}")
+                vw = fused.VECTOR_WIDTH[isa]
+                if vw == 16 and (len(hidden) > 1 or first_layer == "dense"):  # one hidden layer's plan: no such layer
+                    assert sparse.pairs_left_out >= min_left_out * pairs, (isa, sparse.pairs_left_out)
+
+
 def test_first_layer_plan_shares_and_skips():
     """On the {0,1} 7-cube at 16 lanes: one shared 4-step prefix per chunk, then 0-2 (chunk 0)
     and 1-3 (chunk 1) steps per vector: 20 FMAs per unit instead of 56; every input is a column."""

@@ -293,6 +293,84 @@ INLINE void micro_out(const int R, const int NC, const float *restrict w, int K,
     for (int c = 0; c < NC; c++) ((vf *)Z)[c] = z[c];
 }
 
+/* ---- The last hidden layer over only the nonzero (unit, input vector) pairs of its input ----
+ *
+ * A ReLU unit of the layer before is often zero on all VW inputs of a vector: on the Boolean
+ * cube under the plan's input order (each vector a subcube) 15% of the (unit, vector) pairs of
+ * boolean7's first layer, 20% of boolean9's. The FMAs w x 0 with those add exact zeros (at
+ * most changing the sign of a zero sum, which neither the ReLU nor z > 0 sees), so leaving
+ * them out gives the same keys. Measured on boolean7 at AVX-512, one core: 2-5% more draws/s,
+ * 9% on boolean9, -0.5% on 100 MNIST images (few zero pairs), against (all tried and slower):
+ * finding the zero pairs before the first layer runs by a box bound on each vector's inputs
+ * (the bound's work per draw cost more than the test it replaced), a separate pass testing all
+ * of a chunk's pairs first (its serial dependence no longer hidden behind the FMAs), 8-lane
+ * halves at AVX-512 (more pairs skipped, twice the per-vector work), and the output chains
+ * deferred to run for the chunk's vectors side by side (the activations stored and reloaded). */
+
+/* Whether any lane of x is nonzero (-0 counts as zero: skipping it is as exact as skipping +0). */
+INLINE int any_nonzero(vf x) {
+#if VW == 16
+    return _mm512_cmp_ps_mask((__m512)x, _mm512_setzero_ps(), _CMP_NEQ_UQ) != 0;
+#elif VW == 8
+    return _mm256_movemask_ps(_mm256_cmp_ps((__m256)x, _mm256_setzero_ps(), _CMP_NEQ_UQ)) != 0;
+#else
+    vi m = x != 0.0f;
+    int any = 0;
+    for (int l = 0; l < VW; l++) any |= m[l];
+    return any != 0;
+#endif
+}
+
+/* z += sum_r w_out[r] relu(b_r + sum_{k in idx} W[r][k] x_k) for R rows of W (row stride K)
+ * and one input vector: the chains of micro_out (acc = 0; acc += W[r][k] x_k, k ascending;
+ * z += w_out[r] relu(acc + b_r), r ascending) over the n units k listed in idx. */
+#define RS 20 /* rows per block: RS accumulators in registers */
+INLINE vf sparse_rows_out(const int R, const float *restrict w, int K, const float *restrict bias,
+                          const float *restrict B, int ldb, const int *restrict idx, int n, vf z,
+                          const float *restrict wout) {
+    vf acc[RS];
+#pragma GCC unroll 32
+    for (int r = 0; r < R; r++) acc[r] = (vf){0};
+    for (int j = 0; j < n; j++) {
+        const int k = idx[j];
+        const vf x = *(const vf *)(B + (size_t)k * ldb);
+        const float *wk = w + k;
+        __asm__("" : "+r"(wk)); /* one base pointer: gcc then addresses the rows from it, not from RS pointers */
+#pragma GCC unroll 32
+        for (int r = 0; r < R; r++) acc[r] += SPLAT(wk[(size_t)r * K]) * x;
+    }
+#pragma GCC unroll 32
+    for (int r = 0; r < R; r++) {
+        vf v = RELU(bias ? acc[r] + bias[r] : acc[r]);
+        z += SPLAT(wout[r]) * v;
+    }
+    return z;
+}
+
+/* As layer() with Z given (the last hidden layer of a one-output network), one input vector at
+ * a time over the units k whose activations B[k] are nonzero in some lane of that vector.
+ * idx: K ints. Returns the (unit, vector) pairs left out. */
+static int64_t layer_out_sparse(const float *W, int O, int K, const float *bias, const float *B, int ldb, int nv,
+                                float *Z, const float *wout, int *idx) {
+    int64_t left_out = 0;
+    for (int c = 0; c < nv; c++) {
+        const float *Bc = B + c * VW;
+        int n = 0;
+        for (int k = 0; k < K; k++) { /* branch-free: idx[n] is overwritten unless kept */
+            idx[n] = k;
+            n += any_nonzero(*(const vf *)(Bc + (size_t)k * ldb));
+        }
+        left_out += K - n;
+        vf z = ((vf *)Z)[c];
+        int r = 0;
+        for (; r + RS <= O; r += RS) z = sparse_rows_out(RS, W + (size_t)r * K, K, bias ? bias + r : 0, Bc, ldb, idx, n, z, wout + r);
+        for (; r + 4 <= O; r += 4) z = sparse_rows_out(4, W + (size_t)r * K, K, bias ? bias + r : 0, Bc, ldb, idx, n, z, wout + r);
+        for (; r < O; r++) z = sparse_rows_out(1, W + (size_t)r * K, K, bias ? bias + r : 0, Bc, ldb, idx, n, z, wout + r);
+        ((vf *)Z)[c] = z;
+    }
+    return left_out;
+}
+
 /* C (O x nv vectors, row stride ldc) = act(W (O x K) B (K x nv vectors, row stride ldb) + bias),
  * or, with Z given (the last hidden layer of a one-output network, ReLU), Z (nv vectors) +=
  * w_out . relu(W B + bias) without storing C: blocks of RB rows x CB vectors, then the edges. */
@@ -400,8 +478,12 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
     float *res = aligned_alloc(64, (size_t)job->dims[L] * Mp * 4);
     const float *in;
     uint8_t *labels = malloc((size_t)M);
-    if (!params || !h0 || !h1 || !res || !labels) {
-        free(params); free(h0); free(h1); free(res); free(labels);
+    int maxk = 0; /* the widest layer input */
+    for (int l = 0; l < L; l++) if (job->dims[l] > maxk) maxk = job->dims[l];
+    int *idx = malloc((size_t)maxk * sizeof(int));
+    int64_t skipped = 0; /* (unit, vector) pairs of the last hidden layer left out, all draws */
+    if (!params || !h0 || !h1 || !res || !labels || !idx) {
+        free(params); free(h0); free(h1); free(res); free(labels); free(idx);
         return -1;
     }
     const int units = job->dims[L], bits = job->bits_per_label;
@@ -451,7 +533,8 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
                 if (fuse_out && l == L - 2) { /* p: the output unit's weights, then its bias */
                     float z0 = job->biased ? p[O] : 0.0f;
                     for (int j = 0; j < nv * VW; j++) res[c0 + j] = z0;
-                    layer(W, O, K, b, in, ld_in, nv, 0, 0, 1, res + c0, p);
+                    if (job->skip_zeros) skipped += layer_out_sparse(W, O, K, b, in, ld_in, nv, res + c0, p, idx);
+                    else layer(W, O, K, b, in, ld_in, nv, 0, 0, 1, res + c0, p);
                     break;
                 }
                 float *dst = l == L - 1 ? res + c0 : out;
@@ -493,6 +576,7 @@ int KERNEL_NAME(fcn_keys)(const struct fcn_job *job, uint8_t *keys) {
             }
         }
     }
-    free(params); free(h0); free(h1); free(res); free(labels);
+    free(params); free(h0); free(h1); free(res); free(labels); free(idx);
+    if (job->skipped) *job->skipped = skipped;
     return 0;
 }

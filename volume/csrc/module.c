@@ -205,15 +205,18 @@ static int check_plan(const int32_t *plan, Py_ssize_t n, const int32_t *pos, int
 }
 
 /* fcn_keys(keys, xt, dims, scales, sigma_b, biased, uniform, argmax, bits_per_label, m, key0, key1,
- *          start, stop, isa[, pos, plan, px]): keys (stop - start, key_bytes) uint8, writable; xt
+ *          start, stop, isa[, pos, plan, px][, skip_zeros=True]) -> (isa, pairs left out): keys
+ *          (stop - start, key_bytes) uint8, writable; xt
  *          (dims[0], mp) float32 with mp = m rounded up to a multiple of 16; optionally a first-layer
  *          plan for the vector width of isa (volume/fused.py first_layer_plan): pos (m,) int32,
  *          plan int32, px (n, vector width) float32, xt's columns permuted by pos. xt and px are
  *          used in place where 64-byte aligned (else copied per call); everything is checked
  *          before the kernel runs (the plan walked as the kernel walks it, on private copies of
  *          plan and pos that the kernel then follows): bad arguments give a ValueError, never an
- *          out-of-bounds access. */
-static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
+ *          out-of-bounds access. pos, plan and px may be None (no plan). skip_zeros: leave out the
+ *          second layer's FMAs with first-layer units zero on a whole vector (kernel.h, the box
+ *          bound; the same keys); pairs left out counts them over all draws. */
+static PyObject *py_fcn_keys(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     Py_buffer keys = {0}, xt = {0}, pos = {0}, plan = {0}, px = {0};
     PyObject *keys_o, *xt_o, *dims, *scales, *pos_o = NULL, *plan_o = NULL, *px_o = NULL;
@@ -222,10 +225,20 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     unsigned int k0, k1;
     long long start, stop;
     const char *isa_name;
-    if (!PyArg_ParseTuple(args, "OOOOfiiiiiIILLs|OOO", &keys_o, &xt_o, &dims, &scales, &job.sigma_b, &job.biased,
-                          &job.uniform, &job.argmax, &job.bits_per_label, &job.m, &k0, &k1, &start, &stop,
-                          &isa_name, &pos_o, &plan_o, &px_o))
+    static char *kwlist[] = {"keys", "xt", "dims", "scales", "sigma_b", "biased", "uniform", "argmax",
+                             "bits_per_label", "m", "key0", "key1", "start", "stop", "isa", "pos", "plan", "px",
+                             "skip_zeros", NULL};
+    int64_t skipped = 0;
+    job.skip_zeros = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOfiiiiiIILLs|OOOp", kwlist, &keys_o, &xt_o, &dims, &scales,
+                                     &job.sigma_b, &job.biased, &job.uniform, &job.argmax, &job.bits_per_label,
+                                     &job.m, &k0, &k1, &start, &stop, &isa_name, &pos_o, &plan_o, &px_o,
+                                     &job.skip_zeros))
         return NULL;
+    if (pos_o == Py_None) pos_o = NULL;
+    if (plan_o == Py_None) plan_o = NULL;
+    if (px_o == Py_None) px_o = NULL;
+    job.skipped = &skipped;
     PyObject *result = NULL;
     float *xt_copy = NULL, *px_copy = NULL;
     int32_t *plan_copy = NULL, *pos_copy = NULL;
@@ -300,7 +313,7 @@ static PyObject *py_fcn_keys(PyObject *self, PyObject *args) {
     rc = run_fcn(isa, &job, (uint8_t *)keys.buf);
     Py_END_ALLOW_THREADS
     if (rc != 0) { PyErr_NoMemory(); goto done; }
-    result = PyUnicode_FromString(ISA_NAMES[isa]);
+    result = Py_BuildValue("(sL)", ISA_NAMES[isa], (long long)skipped);
 done:
     free(xt_copy);
     free(px_copy);
@@ -447,7 +460,8 @@ static PyObject *py_merge_counted(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef METHODS[] = {
-    {"fcn_keys", py_fcn_keys, METH_VARARGS, "Packed keys of draws [start, stop) of an FCN block."},
+    {"fcn_keys", (PyCFunction)(void (*)(void))py_fcn_keys, METH_VARARGS | METH_KEYWORDS,
+     "Packed keys of draws [start, stop) of an FCN block; returns (isa, pairs left out)."},
     {"standard", py_standard, METH_VARARGS, "Standard numbers of draws [start, stop) of the random stream."},
     {"merge_counted", py_merge_counted, METH_VARARGS, "Linear merge of two sorted unique key sets with counts."},
     {"isas", py_isas, METH_NOARGS, "Instruction sets this CPU runs, best first."},
@@ -459,7 +473,8 @@ PyMODINIT_FUNC PyInit__fused(void) {
     PyObject *m = PyModule_Create(&MODULE);
     /* fcn_keys takes a first-layer plan (volume/fused.py checks this, so that a wrapper newer
      * than the built extension, as on a cluster node with an older install, stays dense) */
-    if (m && (PyModule_AddIntConstant(m, "FIRST_LAYER_PLAN", 1) < 0 || PyModule_AddIntConstant(m, "CHUNK", CHUNK) < 0)) {
+    if (m && (PyModule_AddIntConstant(m, "FIRST_LAYER_PLAN", 1) < 0 || PyModule_AddIntConstant(m, "CHUNK", CHUNK) < 0 ||
+              PyModule_AddIntConstant(m, "SKIP_ZEROS", 1) < 0)) {
         Py_DECREF(m);
         return NULL;
     }
