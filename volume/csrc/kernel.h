@@ -299,8 +299,9 @@ INLINE void micro_out(const int R, const int NC, const float *restrict w, int K,
  * cube under the plan's input order (each vector a subcube) 15% of the (unit, vector) pairs of
  * boolean7's first layer, 20% of boolean9's. The FMAs w x 0 with those add exact zeros (at
  * most changing the sign of a zero sum, which neither the ReLU nor z > 0 sees), so leaving
- * them out gives the same keys. Measured on boolean7 at AVX-512, one core: 2-5% more draws/s,
- * 9% on boolean9, -0.5% on 100 MNIST images (few zero pairs), against (all tried and slower):
+ * them out gives the same keys. Measured at AVX-512, one core, alternating with the dense
+ * layer: boolean7 +6% draws/s, boolean5 +4%, boolean9 +11%, 100 MNIST images in a basis -1.5%
+ * (few zero pairs; volume/fused.py leaves it off there), against (all tried and slower):
  * finding the zero pairs before the first layer runs by a box bound on each vector's inputs
  * (the bound's work per draw cost more than the test it replaced), a separate pass testing all
  * of a chunk's pairs first (its serial dependence no longer hidden behind the FMAs), 8-lane
@@ -324,7 +325,7 @@ INLINE int any_nonzero(vf x) {
 /* z += sum_r w_out[r] relu(b_r + sum_{k in idx} W[r][k] x_k) for R rows of W (row stride K)
  * and one input vector: the chains of micro_out (acc = 0; acc += W[r][k] x_k, k ascending;
  * z += w_out[r] relu(acc + b_r), r ascending) over the n units k listed in idx. */
-#define RS 20 /* rows per block: RS accumulators in registers */
+#define RS 8 /* rows per block: RS accumulators in registers (20, the most that fit, measured 2% slower on boolean7; 4-12 alike) */
 INLINE vf sparse_rows_out(const int R, const float *restrict w, int K, const float *restrict bias,
                           const float *restrict B, int ldb, const int *restrict idx, int n, vf z,
                           const float *restrict wout) {
