@@ -145,8 +145,14 @@ def test_memory_is_bounded_before_the_pass():
             "training": {"optimizer": "adam"}}
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     SgdBayesConfig.from_dict({**base, "prior_blocks": 16384, "test_size": 6}, root)
-    with pytest.raises(LimitExceeded, match=r"prior_blocks = 16384: .*fewer prior_blocks, or fewer test inputs \(test_size\)"):
+    with pytest.raises(LimitExceeded, match=r"prior_blocks = 16384: .*fewer prior_blocks, or fewer test inputs "
+                                            r"\(test_size\).*or raise posterior_max_bytes"):
         SgdBayesConfig.from_dict({**base, "prior_blocks": 16384}, root)
+    # a researcher who knows few draws fit S (P(S) ~ 4e-5 for majority at |S| = 16) raises the cap
+    config = SgdBayesConfig.from_dict({**base, "prior_blocks": 16384, "posterior_max_bytes": 1 << 36}, root)
+    assert config.posterior_max_bytes == 1 << 36
+    with pytest.raises(VolumeError, match="posterior_max_bytes"):
+        SgdBayesConfig.from_dict({**base, "posterior_max_bytes": 0}, root)
 
 
 def test_log_p_refuses_labels_that_are_not_a_function_on_e():

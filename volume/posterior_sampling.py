@@ -195,7 +195,8 @@ def memory_bound(spec: ExperimentSpec, sizes: Sequence[tuple[int, int]], draws: 
 
 
 def check_memory(spec: ExperimentSpec, sizes: Sequence[tuple[int, int]], blocks: int, max_bytes: int | None = None,
-                 *, blocks_field: str = "blocks", evaluate_field: str = "the evaluated inputs") -> int:
+                 *, blocks_field: str = "blocks", evaluate_field: str = "the evaluated inputs",
+                 cap_field: str = "max_bytes") -> int:
     """Refuse (:class:`volume.limits.LimitExceeded`, before any draw) a pass over ``blocks``
     blocks whose :func:`memory_bound` is above ``max_bytes`` (default
     ``Limits.max_table_bytes``, the largest table a job may produce); returns the bound."""
@@ -207,8 +208,9 @@ def check_memory(spec: ExperimentSpec, sizes: Sequence[tuple[int, int]], blocks:
         raise LimitExceeded(
             f"{blocks_field} = {blocks}: counting the functions that fit S among {blocks * spec.block_size:,} prior "
             f"draws may hold {need:,} bytes (up to min(draws, classes^(|E| - |S|)) distinct functions on E per "
-            f"training set), above the limit of {cap:,} (limits.max_table_bytes): use fewer {blocks_field}, or fewer "
-            f"{evaluate_field} (E = S and the test inputs)")
+            f"training set), above the limit of {cap:,} ({cap_field}): use fewer {blocks_field}, or fewer "
+            f"{evaluate_field} (E = S and the test inputs), or raise {cap_field} (the bound assumes every draw fits S "
+            f"and is distinct; few do where P(S) is small)")
     return need
 
 

@@ -58,7 +58,7 @@ from volume.spec import ExperimentSpec
 
 FIELDS = ("name", "spec", "target", "train_sizes", "split_seed", "prior_blocks", "volume", "importance_samples",
           "training", "trainings", "training_block_size", "min_consistent", "threads", "test_size",
-          "check_blocks", "estimate_counted")
+          "check_blocks", "estimate_counted", "posterior_max_bytes")
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,9 @@ class SgdBayesConfig(TomlConfig):
     threads: int = 1
     check_blocks: int = 0  # check the counts of the first blocks against the prior table of the same draws
     estimate_counted: bool = False  # also the GP estimate of the counted functions' P(f|S) (a check of the GP)
+    # cap on the posterior counts' worst-case memory (every draw fitting S and distinct; default
+    # Limits.max_table_bytes): raise it for long runs where few draws fit S, knowing the machine
+    posterior_max_bytes: int | None = None
     source: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -101,14 +104,16 @@ class SgdBayesConfig(TomlConfig):
                        "or 'nested' (functions on all inputs only)")
         if volume == "nested" and "test_size" in d:
             raise _err("volume", volume, "'nested' estimates functions on all inputs: leave test_size out, or use 'gp'")
-        for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads", "test_size"):
+        for name in ("prior_blocks", "trainings", "training_block_size", "min_consistent", "threads", "test_size",
+                     "posterior_max_bytes"):
             if name in d:
                 _positive(name, d[name])
         from volume.posterior_sampling import check_memory
 
         n, test_size = spec.n_inputs, d.get("test_size")
         check_memory(spec, [(m, m + (n - m if test_size is None else min(test_size, n - m))) for m in sizes],
-                     d.get("prior_blocks", 16), blocks_field="prior_blocks", evaluate_field="test inputs (test_size)")
+                     d.get("prior_blocks", 16), d.get("posterior_max_bytes"), blocks_field="prior_blocks",
+                     evaluate_field="test inputs (test_size)", cap_field="posterior_max_bytes")
         check = d.get("check_blocks", 0)
         if isinstance(check, bool) or not isinstance(check, int) or not 0 <= check <= d.get("prior_blocks", 16):
             raise _err("check_blocks", check, "0 (no check) or a number of blocks <= prior_blocks")
@@ -126,7 +131,8 @@ class SgdBayesConfig(TomlConfig):
                    prior_blocks=int(d.get("prior_blocks", 16)), volume=volume, importance_samples=imp,
                    training_block_size=int(d.get("training_block_size", 64)), test_size=d.get("test_size"),
                    min_consistent=int(d.get("min_consistent", 100)), threads=int(d.get("threads", 1)),
-                   check_blocks=check, estimate_counted=bool(d.get("estimate_counted", False)), source=d)
+                   check_blocks=check, estimate_counted=bool(d.get("estimate_counted", False)),
+                   posterior_max_bytes=d.get("posterior_max_bytes"), source=d)
 
 
 def optimizer_functions(config: SgdBayesConfig, inputs, train_idx: np.ndarray):
@@ -325,7 +331,7 @@ def check_against_table(config: SgdBayesConfig, conditions, log: Callable[[str],
     from volume.posterior_sampling import count_posteriors
 
     t0 = time.perf_counter()
-    posts = count_posteriors(config.spec, conditions, config.check_blocks)
+    posts = count_posteriors(config.spec, conditions, config.check_blocks, max_bytes=config.posterior_max_bytes)
     table = prior_table(config.spec, config.check_blocks)
     rec = {"blocks": config.check_blocks, "draws": table.n_samples, "functions_in_table": table.n_distinct}
     for c, p in zip(conditions, posts):
@@ -367,7 +373,7 @@ def run(config: SgdBayesConfig, out: str | Path, *, log: Callable[[str], None] =
             posts, check = check_against_table(config, conditions, log)
         t1, c1 = time.perf_counter(), time.process_time()
         rest = count_posteriors(spec, conditions, config.prior_blocks, start=min(config.check_blocks, config.prior_blocks),
-                                log=log)
+                                log=log, max_bytes=config.posterior_max_bytes)
         posts = rest if posts is None else [a.merge(b) for a, b in zip(posts, rest)]
         sampling = {"draws": posts[0].n_draws, "seconds": round(time.perf_counter() - t1, 1),
                     "cpu_seconds": round(time.process_time() - c1, 1)}
