@@ -146,6 +146,11 @@ def test_attack_experiment_with_the_finite_network_volume(tmp_path):
                       "runs": [{"optimizer": "adam", "lr": 0.02, "batch_size": 4, "repeats": 2}]}]}
     config = FlatnessConfig.from_dict(d)
     assert config.systems[0].nested == {"particles": 30, "replicas": 3}
+    # checked at load with the settings the run will use (the experiments' particles = 60, not the
+    # class default 200): p0 = 0.995 keeps all 60 particles, which used to fail mid-run
+    bad = {**d, "systems": [{**d["systems"][0], "nested": {"p0": 0.995}}]}
+    with pytest.raises(VolumeError, match=r"systems\[0\]\.nested\.p0 \* particles"):
+        FlatnessConfig.from_dict(bad)
     flatness_vs_volume.run(config, tmp_path, log=lambda s: None)
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == 4

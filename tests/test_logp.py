@@ -176,7 +176,10 @@ def test_service_nested_settings_and_kernel(counted, monkeypatch):
                                  ({"particles": 1}, 400, "particles"), ({"replicas": 0}, 400, "replicas"),
                                  ({"moves": -1}, 400, "moves"), ({"particles": "many"}, 422, "particles"),
                                  ({"particles": True}, 422, "particles"), ({"p0": "0.5"}, 422, "p0"),
-                                 ({"kernel": 3}, 422, "kernel"), ({"max_levels": 10**6}, 422, "max_levels")]:
+                                 ({"kernel": 3}, 422, "kernel"), ({"max_levels": 10**6}, 422, "max_levels"),
+                                 ({"particles": 10**18}, 400, "particles"), ({"replicas": 2**31}, 400, "replicas"),
+                                 ({"kernel": "ess", "moves": 10**18}, 400, "moves"),
+                                 ({"particles": 10**300}, 400, "at most 19 digits")]:
         r = http.post("/logp", json={**body, **extra})
         assert r.status_code == status and field in r.text, (extra, r.status_code, r.text)
 
@@ -197,7 +200,8 @@ def test_service_nested_settings_and_kernel(counted, monkeypatch):
 
 def test_logp_cost_check_bounds_a_replicas_memory_as_well_as_its_work():
     """A wide network on few inputs is cheap in multiply-adds but not in memory: 700 particles of
-    a 1-4096-4096-1 network hold ~3 x 700 x 16.8M floats; refused before any work starts."""
+    a 1-4096-4096-1 network hold ~REPLICA_COPIES (6) x 700 x 16.8M floats; refused before any work
+    starts."""
     from volume.limits import LimitExceeded, Limits, check_logp
     from volume.spec import FCN, BooleanCube, ExperimentSpec
 

@@ -285,9 +285,10 @@ def test_combine_replicas_and_bad_settings():
 
 
 @pytest.mark.parametrize("given, field, fix", [
-    ({"particles": 0}, "particles", "integer >= 1"),
-    ({"particles": "40"}, "particles", "integer >= 1"),
-    ({"replicas": True}, "replicas", "integer >= 1"),
+    ({"particles": 0}, "particles", "integer in 1..2,147,483,647"),
+    ({"particles": "40"}, "particles", "integer in 1.."),
+    ({"replicas": True}, "replicas", "integer in 1.."),
+    ({"moves": 10**300}, "moves", "integer in 1.."),  # overflowed the work bound into a 500 before
     ({"p0": 1.0}, "p0", "strictly between 0 and 1"),
     ({"p0": "0.5"}, "p0", "give a number"),
     ({"step0": True}, "step0", "give a number"),

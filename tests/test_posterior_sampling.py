@@ -127,7 +127,7 @@ def test_memory_is_bounded_before_the_pass():
 
     bound = memory_bound(spec, [(2, 32)], blocks * spec.block_size)
     src = Source()
-    with pytest.raises(LimitExceeded, match=r"blocks = 48: .* use fewer blocks, or fewer the evaluated inputs"):
+    with pytest.raises(LimitExceeded, match=r"blocks = 48: .* use fewer blocks, or fewer evaluated inputs"):
         count_posteriors(spec, [c], blocks, source=src, max_bytes=bound - 1)
     assert src.calls == 0
     tracemalloc.start()

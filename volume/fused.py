@@ -292,7 +292,7 @@ class FusedFCN:
         if skip_zeros not in ("auto", True, False):
             raise ValueError(f"skip_zeros: 'auto', True or False, not {skip_zeros!r}")
         self.skip_zeros = self.plan is not None if skip_zeros == "auto" else skip_zeros
-        self.pairs_left_out = 0  # of the second hidden layer, by the last keys() call
+        self.pairs_left_out = 0  # (unit, vector) pairs of the last hidden layer left out by the last keys() call
 
     def keys(self, block: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Keys (stop - start, key_bytes) of draws [start, stop) of block ``block``."""

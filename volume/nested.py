@@ -131,6 +131,12 @@ class NestedError(VolumeError):
     """Bad settings for the nested estimator."""
 
 
+MAX_SETTING = 2**31 - 1
+"""Largest value of an integer setting: far above any run's (a run's cost is bounded separately,
+``work_bound`` and the service's limits), low enough that every cost computed from it is a finite
+float (10**300 particles used to overflow the work bound into a 500)."""
+
+
 @dataclass(frozen=True)
 class NestedSettings:
     """Settings of the estimator (defaults chosen by measurement, benchmarks/RESULTS.md "Issue 10").
@@ -156,8 +162,8 @@ class NestedSettings:
     def __post_init__(self) -> None:
         for name in ("particles", "replicas", "moves", "max_shrink", "max_levels", "batch"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise NestedError(f"{name} = {v!r}: give an integer >= 1")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SETTING:
+                raise NestedError(f"{name} = {v!r}: give an integer in 1..{MAX_SETTING:,}")
         for name in ("p0", "target_accept", "step0"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -424,7 +430,7 @@ def subset_simulation(margin: Margin, settings: NestedSettings, gen: torch.Gener
         kernel_diag = dict(shrink_mean=None, stuck_fraction=None, acceptance=accepted / steps if steps else None,
                            acceptance_last=acc_last, last_step=step_last)
     else:
-        kernel_diag = dict(shrink_mean=tries / steps if steps else 0.0, stuck_fraction=stuck / steps if steps else 0.0)
+        kernel_diag = dict(shrink_mean=tries / steps if steps else None, stuck_fraction=stuck / steps if steps else None)
     return ReplicaResult(log_p=log_p, levels=len(thresholds), converged=converged, reason=reason, evaluations=evals,
                          seconds=time.perf_counter() - t0, thresholds=thresholds, **kernel_diag)
 

@@ -101,11 +101,13 @@ class _Counter:
             self.keys, self.counts = merge_counted(self.keys, self.counts, keys, counts)
 
 
-@dataclass
+@dataclass(eq=False)  # array fields: compare keys and key_counts explicitly
 class PosteriorCounts:
     """Counts of the functions (labels on ``evaluate``) of the prior draws that fit one S, as
     a table holds them: ``keys`` (U, key_bytes(|E|)) uint8, the functions' labels on E packed
-    (:func:`volume.keys.pack_labels`), sorted and unique, with their ``key_counts`` (U,) uint64."""
+    (:func:`volume.keys.pack_labels`), sorted and unique, with their ``key_counts`` (U,) uint64.
+    ``counts`` is a dict of unpacked labels -> count built on each access (a copy: writes to it
+    are not kept)."""
 
     condition: Condition
     classes: int = 2
@@ -195,7 +197,7 @@ def memory_bound(spec: ExperimentSpec, sizes: Sequence[tuple[int, int]], draws: 
 
 
 def check_memory(spec: ExperimentSpec, sizes: Sequence[tuple[int, int]], blocks: int, max_bytes: int | None = None,
-                 *, blocks_field: str = "blocks", evaluate_field: str = "the evaluated inputs",
+                 *, blocks_field: str = "blocks", evaluate_field: str = "evaluated inputs",
                  cap_field: str = "max_bytes") -> int:
     """Refuse (:class:`volume.limits.LimitExceeded`, before any draw) a pass over ``blocks``
     blocks whose :func:`memory_bound` is above ``max_bytes`` (default

@@ -58,6 +58,12 @@ def _positive_int(path: str, value: Any, minimum: int = 1) -> None:
     positive_int(value, f"spec field '{path}'", minimum, SpecError)
 
 
+MAX_PRIOR_SCALE = 1e6
+"""Largest sigma_w / sigma_b: at 1e38 the samplers' float32 weights overflow to inf (torch and the
+kernel disagreed on 77 of 200 keys), and the kernel's exact skipping of zero activations assumes
+finite weights (inf x 0 is NaN)."""
+
+
 def _nonneg_float(path: str, value: Any, positive: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         _fail(path, value, "must be a finite number")
@@ -128,6 +134,10 @@ class Prior:
         _choice("prior.kind", self.kind, PRIORS)
         _nonneg_float("prior.sigma_w", self.sigma_w, positive=True)
         _nonneg_float("prior.sigma_b", self.sigma_b)
+        for name in ("sigma_w", "sigma_b"):  # float32 forward passes: weights must stay far from overflow
+            if getattr(self, name) > MAX_PRIOR_SCALE:
+                _fail(f"prior.{name}", getattr(self, name), f"must be <= {MAX_PRIOR_SCALE:g} (float32 activations "
+                      "overflow near 3e38; for ReLU without biases the scale does not change the function)")
         object.__setattr__(self, "sigma_w", float(self.sigma_w))
         object.__setattr__(self, "sigma_b", float(self.sigma_b))
 

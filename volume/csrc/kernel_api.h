@@ -25,10 +25,11 @@ struct fcn_job {
     const int32_t *pos;
     const int32_t *plan;
     const float *px;           /* 64-byte aligned */
-    /* Leave out the second hidden layer's FMAs with first-layer units that are zero on a
-     * whole vector of inputs by the box bound (kernel.h); the same keys either way. */
+    /* Leave out the last hidden layer's FMAs with units of its input (the layer before, or
+     * the inputs themselves) that are zero on a whole vector (kernel.h layer_out_sparse;
+     * finite weights: the same keys either way). */
     int skip_zeros;
-    int64_t *skipped;          /* if not NULL: set to the (unit, vector) pairs left out */
+    int64_t *skipped;          /* if not NULL: set to the (unit, vector) pairs left out, all draws */
 };
 
 #define DECLARE_KERNELS(sfx)                                                                   \

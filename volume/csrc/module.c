@@ -213,9 +213,11 @@ static int check_plan(const int32_t *plan, Py_ssize_t n, const int32_t *pos, int
  *          used in place where 64-byte aligned (else copied per call); everything is checked
  *          before the kernel runs (the plan walked as the kernel walks it, on private copies of
  *          plan and pos that the kernel then follows): bad arguments give a ValueError, never an
- *          out-of-bounds access. pos, plan and px may be None (no plan). skip_zeros: leave out the
- *          second layer's FMAs with first-layer units zero on a whole vector (kernel.h, the box
- *          bound; the same keys); pairs left out counts them over all draws. */
+ *          out-of-bounds access. pos, plan and px may be None (no plan). skip_zeros (default
+ *          true; volume/fused.py passes its choice): leave out the last hidden layer's FMAs with
+ *          units of its input that are zero on a whole vector of inputs (kernel.h
+ *          layer_out_sparse; the same keys for finite weights); pairs left out counts them over
+ *          all draws. */
 static PyObject *py_fcn_keys(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     Py_buffer keys = {0}, xt = {0}, pos = {0}, plan = {0}, px = {0};

@@ -281,9 +281,12 @@ def _system(i: int, d: Any, base: Path) -> System:
     nested = d.get("nested", {})
     if not isinstance(nested, dict):
         raise _err(f"{path}.nested", nested, "a table of nested-sampling settings, e.g. {particles = 40, replicas = 4}")
+    from volume.experiments.volumes import NESTED_SETTINGS
     from volume.nested import NestedSettings
 
-    NestedSettings.from_mapping(nested, where=f"{path}.nested.")
+    # the settings the run will use (the experiments' defaults under the table's), checked now:
+    # checked against the class defaults, p0 = 0.995 passed here and failed mid-run
+    NestedSettings.from_mapping({**NESTED_SETTINGS, **nested}, where=f"{path}.nested.")
     runs = d.get("runs", [])
     if not isinstance(runs, list) or not runs:
         raise _err(f"{path}.runs", runs, "give at least one [[systems.runs]] table")

@@ -374,7 +374,10 @@ def run(config: SgdBayesConfig, out: str | Path, *, log: Callable[[str], None] =
         t1, c1 = time.perf_counter(), time.process_time()
         rest = count_posteriors(spec, conditions, config.prior_blocks, start=min(config.check_blocks, config.prior_blocks),
                                 log=log, max_bytes=config.posterior_max_bytes)
-        posts = rest if posts is None else [a.merge(b) for a, b in zip(posts, rest)]
+        if posts is not None:  # one condition at a time, each pair dropped once merged (the bound covers one pass)
+            for i in range(len(rest)):
+                rest[i], posts[i] = posts[i].merge(rest[i]), None
+        posts = rest
         sampling = {"draws": posts[0].n_draws, "seconds": round(time.perf_counter() - t1, 1),
                     "cpu_seconds": round(time.process_time() - c1, 1)}
         log(f"posterior by rejection: {posts[0].n_draws:,} prior draws; fitting S: "
