@@ -60,8 +60,11 @@ CASES = {
                        "device 'tpu' is unknown"),
     "sub-batch 0": (lambda d, s, t: ["sample", str(s), "-n", "10", "-o", str(d / "c.h5"), "--in-process",
                                      "--sub-batch", "0"], "positive integer"),
-    "kernel overflow": (lambda d, s, t: ["gp", "logp", str(write(d / "g.toml", s.read_text().replace("sigma_w = 1.5", "sigma_w = 1e200"))),
-                                         "--labels", "parity"], "overflows float64"),
+    "prior scale too large": (lambda d, s, t: ["gp", "logp", str(write(d / "g.toml", s.read_text().replace("sigma_w = 1.5", "sigma_w = 1e200"))),
+                                               "--labels", "parity"], "prior.sigma_w' = 1e+200 is invalid: must be <= 1e+06"),
+    "kernel overflow": (lambda d, s, t: ["gp", "logp", str(write(d / "g.toml", s.read_text().replace("sigma_w = 1.5", "sigma_w = 1e6")
+                                                                 .replace("hidden = [8]", "hidden = [" + ", ".join(["8"] * 30) + "]"))),
+                                         "--labels", "parity"], "overflows float64"),  # (1e12 / 2)^30
     "hex digits": (lambda d, s, t: ["prior", str(t), "0x0f0f"], "has 4 hex digits"),
 }
 
