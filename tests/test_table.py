@@ -145,12 +145,20 @@ def test_block_accumulator_folds_in_any_order(boolean_spec, tmp_path):
             assert FrequencyTable.load(path) == whole
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("width", [1, 3, 8, 9, 16, 17, 32, 33, 100])  # words up to 32 bytes, byte strings above
-def test_count_keys_equals_a_counter_of_byte_strings(width):
-    """count_keys sorts keys as big-endian 64-bit words (padded): the order must be the bytes'."""
+def test_count_keys_equals_a_counter_of_byte_strings(monkeypatch, compiled, width):
+    """count_keys sorts keys up to 32 bytes by the extension's radix sort or as big-endian 64-bit
+    words (padded), wider ones as byte strings: the order must be the bytes'."""
     from collections import Counter
 
+    import volume.table as table_mod
     from volume.table import count_keys
+
+    if compiled:
+        assert table_mod._fused is not None, "the compiled extension is not built (python setup.py build_ext --inplace)"
+    else:
+        monkeypatch.setattr(table_mod, "_fused", None)
 
     rng = np.random.default_rng(width)
     keys = rng.integers(0, 3, (3000, width), dtype=np.uint8)

@@ -434,6 +434,59 @@ static Py_ssize_t merge_32(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, 
 /* merge_counted(out_keys, out_counts, keys_a, counts_a, keys_b, counts_b, kb) -> n: the union of
  * two sorted unique key sets (rows of kb bytes) with summed counts, written to the first n rows
  * of the outputs (room for |a| + |b| rows): one linear merge. */
+/* sort_rows(order, keys, kb): order (n,) int64 := the permutation that sorts the n rows of kb
+ * bytes of keys byte-wise ascending, stably: a least-significant-digit radix sort by byte,
+ * kb counting passes over the row indices, each reading its byte of every row from a copy in
+ * row order (in L1); a byte that is the same in every row is skipped. table.count_keys uses
+ * it for keys up to WORD_SORT_MAX_BYTES: 4,096 boolean7 keys of 16 bytes in ~0.15 ms, against
+ * ~0.28 ms for numpy's lexsort of their two big-endian uint64 words. */
+static void radix_sort_rows(const uint8_t *keys, Py_ssize_t n, int kb, int64_t *order, int64_t *tmp, uint8_t *col) {
+    for (Py_ssize_t i = 0; i < n; i++) order[i] = i;
+    for (int b = kb - 1; b >= 0; b--) {
+        Py_ssize_t count[257] = {0};
+        for (Py_ssize_t i = 0; i < n; i++) {
+            col[i] = keys[(size_t)i * kb + b];
+            count[col[i] + 1]++;
+        }
+        int same = 0;
+        for (int v = 1; v <= 256; v++) same |= count[v] == n;
+        if (same) continue;
+        for (int v = 1; v <= 256; v++) count[v] += count[v - 1];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            const int64_t r = order[i];
+            tmp[count[col[r]]++] = r;
+        }
+        memcpy(order, tmp, (size_t)n * sizeof(int64_t));
+    }
+}
+
+static PyObject *py_sort_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer out, keys;
+    int kb;
+    if (!PyArg_ParseTuple(args, "w*y*i", &out, &keys, &kb)) return NULL;
+    const Py_ssize_t n = kb > 0 ? keys.len / kb : 0;
+    const int bad = kb < 1 || keys.len != n * kb || out.len != n * 8;
+    int64_t *tmp = bad ? NULL : malloc((size_t)(n ? n : 1) * sizeof(int64_t));
+    uint8_t *col = bad ? NULL : malloc((size_t)(n ? n : 1));
+    const int ok = !bad && tmp && col;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        radix_sort_rows(keys.buf, n, kb, out.buf, tmp, col);
+        Py_END_ALLOW_THREADS
+    }
+    free(col);
+    free(tmp);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&keys);
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "sort_rows: order must hold one int64 per row of kb bytes");
+        return NULL;
+    }
+    if (!ok) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_merge_counted(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer ok, oc, ka, ca, kb_, cb;
@@ -466,6 +519,7 @@ static PyMethodDef METHODS[] = {
      "Packed keys of draws [start, stop) of an FCN block; returns (isa, pairs left out)."},
     {"standard", py_standard, METH_VARARGS, "Standard numbers of draws [start, stop) of the random stream."},
     {"merge_counted", py_merge_counted, METH_VARARGS, "Linear merge of two sorted unique key sets with counts."},
+    {"sort_rows", py_sort_rows, METH_VARARGS, "Stable byte-wise sort of rows of kb bytes (radix)."},
     {"isas", py_isas, METH_NOARGS, "Instruction sets this CPU runs, best first."},
     {NULL, NULL, 0, NULL}};
 
