@@ -107,8 +107,16 @@ def cmd_analyse(args) -> None:
         print(f"\n{path}: {data['settings']}, {len(runs)} of {len(data['runs'])} converged, {cpu:.0f} CPU s; "
               f"fallback in {fb.sum()} of {len(runs)} (replica sd median {np.median(sds):.2f}, "
               f"range {sds.min():.2f}-{sds.max():.2f})")
+        pooled = np.concatenate([r["replicas"] for r in runs])
+        top = float(pooled.max())
+        p_mean = top + math.log(float(np.mean(np.exp(pooled - top))))
+        print(f"  pooled {len(pooled)} replicas: mean {pooled.mean():.2f}, sd {pooled.std(ddof=1):.2f}, "
+              f"third standardised moment {float(np.mean((pooled - pooled.mean()) ** 3)) / pooled.std() ** 3:+.2f}, "
+              f"ln of their mean probability {p_mean:.2f}, range {pooled.min():.2f} .. {top:.2f}")
         res = {"file": path, "settings": data["settings"], "runs": len(data["runs"]), "converged": len(runs),
-               "fallback": int(fb.sum()), "cpu_s": cpu}
+               "fallback": int(fb.sum()), "cpu_s": cpu,
+               "pooled": {"n": len(pooled), "mean": float(pooled.mean()), "sd": float(pooled.std(ddof=1)),
+                          "ln_mean_probability": p_mean, "min": float(pooled.min()), "max": top}}
         for name, m in (("fallback", fb), ("log-normal", ~fb), ("all", np.ones_like(fb))):
             h = honesty(lp[m], se[m], args.reference, args.reference_se, rng)
             res[name] = h
