@@ -3,6 +3,7 @@ by more than MAX_REPLICA_SD nats (the 'spread-fallback' of volume.nested.combine
 
   run      S seeds of one nested estimate (R replicas of N particles) of one function; every
            replica value is kept (JSON, appended seed by seed so a run can be resumed)
+  synthetic  the same on log-normal replicas with a known truth (l_r ~ N(0, sigma^2))
   analyse  the runs' estimates recombined with the current combine_replicas, split into
            fallback / log-normal estimates: how often the fallback triggers, the bias against a
            reference ln P, and observed spread / stated SE (with a bootstrap over seeds)
@@ -87,6 +88,20 @@ def honesty(est: np.ndarray, se: np.ndarray, ref: float, ref_se: float, rng: np.
     return out
 
 
+def alternative_ses(v: np.ndarray, rng: np.random.Generator, boot: int = 4000) -> dict[str, float]:
+    """Other standard errors of ln((1/R) sum_r exp(l_r)) from one estimate's R replicas, for
+    comparison: the delta method sqrt(Var(w) / R) / mean(w) (w = exp(l)), a bootstrap over the
+    replicas, and the jackknife."""
+    r = len(v)
+    top = float(v.max())
+    w = np.exp(v - top)
+    b = rng.integers(0, r, size=(boot, r))
+    lb = np.log(np.exp(v[b] - top).mean(axis=1))
+    jk = np.array([math.log(float(np.delete(w, i).mean())) for i in range(r)])
+    return {"delta": math.sqrt(float(w.var(ddof=1)) / r) / float(w.mean()), "bootstrap": float(lb.std(ddof=1)),
+            "jackknife": math.sqrt((r - 1) / r * float(((jk - jk.mean()) ** 2).sum()))}
+
+
 def cmd_analyse(args) -> None:
     from volume.nested import MAX_REPLICA_SD, combine_replicas
 
@@ -126,10 +141,35 @@ def cmd_analyse(args) -> None:
             print(f"  {name:10s} n = {h['n']:2d}  bias {h['bias']:+.2f} +- {h['bias_se']:.2f}  observed sd "
                   f"{h['observed_sd']:.2f}  rms stated SE {h['rms_stated_se']:.2f}  ratio {h['ratio']:.2f} "
                   f"[{h['ratio_lo']:.2f}, {h['ratio_hi']:.2f}]  rms z {h['rms_z']:.2f}  |z|<1 {h['covered_1se']:.0%}")
+        if fb.sum() >= 2:  # the fallback estimates with the other standard errors
+            alt = [alternative_ses(np.asarray(r["replicas"]), rng) for r, f in zip(runs, fb) if f]
+            res["alternatives"] = {}
+            for k in ("delta", "bootstrap", "jackknife"):
+                h = honesty(lp[fb], np.array([a[k] for a in alt]), args.reference, args.reference_se, rng)
+                res["alternatives"][k] = h
+                print(f"  fallback with the {k} SE: rms SE {h['rms_stated_se']:.2f}  ratio {h['ratio']:.2f}  "
+                      f"rms z {h['rms_z']:.2f}")
         summary.append(res)
     if args.json:
         Path(args.json).write_text(json.dumps({"reference": args.reference, "reference_se": args.reference_se,
                                                "results": summary}, indent=1))
+
+
+def cmd_synthetic(args) -> None:
+    """Log-normal replicas with a known truth: l_r ~ N(0, sigma^2), so ln P = sigma^2 / 2 exactly."""
+    from volume.nested import MAX_REPLICA_SD, combine_replicas
+
+    rng = np.random.default_rng(args.seed)
+    for sigma in (float(x) for x in args.sigmas.split(",")):
+        out = np.array([combine_replicas(rng.normal(0.0, sigma, args.replicas).tolist()) for _ in range(args.sets)])
+        fb = out[:, 3] > MAX_REPLICA_SD
+        for name, m in (("fallback", fb), ("log-normal", ~fb)):
+            if m.sum() < 2:
+                continue
+            h = honesty(out[m, 0], out[m, 1], sigma * sigma / 2, 0.0, rng)
+            print(f"sigma {sigma:g} {name:10s} {m.mean():4.0%} of sets  bias {h['bias']:+.2f}  observed sd "
+                  f"{h['observed_sd']:.2f}  rms stated SE {h['rms_stated_se']:.2f}  ratio {h['ratio']:.2f}  "
+                  f"rms z {h['rms_z']:.2f}  |z|<1 {h['covered_1se']:.0%}")
 
 
 def main(argv=None) -> None:
@@ -149,8 +189,13 @@ def main(argv=None) -> None:
     a.add_argument("--reference", type=float, default=-47.76)
     a.add_argument("--reference-se", type=float, default=0.22)
     a.add_argument("--json")
+    y = sub.add_parser("synthetic")
+    y.add_argument("--sigmas", default="1.5,2,2.5,3,4")
+    y.add_argument("--replicas", type=int, default=8)
+    y.add_argument("--sets", type=int, default=4000)
+    y.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    {"run": cmd_run, "analyse": cmd_analyse}[args.cmd](args)
+    {"run": cmd_run, "analyse": cmd_analyse, "synthetic": cmd_synthetic}[args.cmd](args)
 
 
 if __name__ == "__main__":
