@@ -507,15 +507,19 @@ class NestedResult:
     acceptance_last: float | None = None  # pCN: the last level's accepted fraction, mean over replicas
     last_step: float | None = None  # pCN: the step size of the last level, mean over replicas
     stuck_replicas: int | None = None  # pCN: replicas whose last level accepted < MIN_ACCEPTANCE (stuck_chains)
+    splitting_sd: float | None = None  # ideal splitting's replica sd for these levels and particles (few_particles)
 
     @property
     def flags(self) -> tuple[str, ...]:
         """Short tags of what ``reason`` says is wrong, for tables: 'not-converged' (an upper
-        bound), 'spread-fallback' (replica sd > MAX_REPLICA_SD), 'pcn-stuck' (stuck_chains)."""
+        bound), 'spread-fallback' (replica sd > MAX_REPLICA_SD), 'pcn-stuck' (stuck_chains),
+        'few-particles' (splitting_sd > MAX_SPLITTING_SD, few_particles)."""
         return tuple(tag for tag, on in (("not-converged", not self.converged),
                                           ("spread-fallback", self.replica_sd is not None
                                            and self.replica_sd > MAX_REPLICA_SD),
-                                          ("pcn-stuck", bool(self.stuck_replicas))) if on)
+                                          ("pcn-stuck", bool(self.stuck_replicas)),
+                                          ("few-particles", self.splitting_sd is not None
+                                           and self.splitting_sd > MAX_SPLITTING_SD)) if on)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -555,6 +559,31 @@ def stuck_chains(results: list[ReplicaResult]) -> str | None:
 MAX_REPLICA_SD = 2.0
 """Replica spread (nats) above which the log-normal combination is not trusted (see
 :func:`combine_replicas`)."""
+
+MAX_SPLITTING_SD = 1.1
+"""Ideal splitting's replica sd (nats) above which an estimate is flagged 'few-particles' (see
+:func:`few_particles`)."""
+
+
+def few_particles(levels: float, settings: NestedSettings) -> tuple[float, str | None]:
+    """(sd, reason or None): the replica sd that ideal splitting predicts for ``levels`` levels
+    kept at fraction p0 by N particles, sqrt(L (1 - p0) / (p0 N)) (each level's fraction
+    estimated from N independent particles; Cerou, Del Moral, Furon & Guyader 2012, "Sequential
+    Monte Carlo for rare event estimation", Stat. Comput. 22), and a reason where it exceeds
+    :data:`MAX_SPLITTING_SD`. MCMC moves only add to that spread, so 8 replicas then miss the
+    upper tail often: over 24 seeds of 'majority' on boolean7 (ln P -48, L ~ 69) the estimates
+    that did not fall back were low with too small an error bar at 50 particles (predicted sd
+    1.17: rms z 1.7) and 25 (1.66: rms z 3.4); at the default 200 (0.59) the error bar is honest
+    (observed/stated 1.10 against counts), and at 100 particles on ln P ~ -77 (1.05) nested agreed
+    with the GP (rms z 0.96): benchmarks/RESULTS.md "Issue 10"."""
+    n, p0 = settings.particles, settings.p0
+    sd = math.sqrt(max(levels, 0.0) * (1 - p0) / (p0 * n))
+    if sd <= MAX_SPLITTING_SD:
+        return sd, None
+    need = math.ceil(levels * (1 - p0) / (p0 * MAX_SPLITTING_SD ** 2))
+    return sd, (f"few particles for {levels:.0f} levels: ideal splitting alone spreads a replica by sd {sd:.2f} nats "
+                f"(> {MAX_SPLITTING_SD:g}), where the estimates were measured low with too small an error bar; use "
+                f"particles >= {need}")
 
 
 def combine_replicas(values: list[float]) -> tuple[float, float | None, float, float | None]:
@@ -622,14 +651,15 @@ def nested_log_p(spec: ExperimentSpec, labels: np.ndarray, settings: NestedSetti
         return NestedResult(log_p=upper, stderr=None, converged=False, reason=join_reasons(reason, stuck),
                             replicas=values, mean_replica=None, replica_sd=None, **diag, **common)
     log_p, se, mean, sd = combine_replicas(values)
+    diag["splitting_sd"], few = few_particles(diag["levels_mean"], settings)
     reason = None
     if sd is not None and sd > MAX_REPLICA_SD:
         reason = (f"replicas spread by sd = {sd:.1f} nats (> {MAX_REPLICA_SD:g}): the log-normal combination is not "
                   f"reliable, so ln P is the log of the replicas' mean probability, with the log-normal error "
                   f"bar (wide: over repeated seeds such estimates spread by ~0.4 of it, and their bias, low by up "
                   f"to ~2 nats at sd ~4, stayed within it); use more particles and replicas")
-    return NestedResult(log_p=log_p, stderr=se, converged=True, reason=join_reasons(reason, stuck), replicas=values,
-                        mean_replica=mean, replica_sd=sd, **diag, **common)
+    return NestedResult(log_p=log_p, stderr=se, converged=True, reason=join_reasons(reason, stuck, few),
+                        replicas=values, mean_replica=mean, replica_sd=sd, **diag, **common)
 
 
 def moves_diagnostic(d: Mapping[str, Any]) -> str:
@@ -651,4 +681,5 @@ def join_reasons(*reasons: str | None) -> str | None:
 
 
 __all__ = ["work_bound", "macs_per_evaluation", "NestedSettings", "NestedResult", "Margin", "nested_log_p", "subset_simulation", "combine_replicas", "MAX_REPLICA_SD",
-           "SETTINGS_FIELDS", "REPLICA_COPIES", "MIN_ACCEPTANCE", "stuck_chains", "join_reasons", "moves_diagnostic", "ReplicaTask", "NestedError"]
+           "SETTINGS_FIELDS", "REPLICA_COPIES", "MIN_ACCEPTANCE", "stuck_chains",
+           "MAX_SPLITTING_SD", "few_particles", "join_reasons", "moves_diagnostic", "ReplicaTask", "NestedError"]
