@@ -96,7 +96,7 @@ level's (mean over replicas) and the last level's step; ESS its tries per step a
 of steps that ran out of tries (each None for the other kernel). A replica whose last level
 accepted fewer than MIN_ACCEPTANCE = 5% of its pCN proposals left its particles there as copies
 of a few survivors: the estimate keeps its value and says so in ``reason`` (:func:`stuck_chains`)
-and in ``flags`` ('pcn-stuck', beside 'spread-fallback' and 'not-converged').
+and in ``flags`` ('pcn-stuck', beside 'spread-fallback', 'few-particles' and 'not-converged').
 
 **Determinism.** A replica's random numbers are drawn in a fixed order from its own generator,
 whatever the evaluation chunk size (``batch``); replicas run in process or as Ray tasks

@@ -2,7 +2,9 @@
  *
  * fcn_keys(...) writes the packed keys of draws [start, stop) of one block; standard(...)
  * the standard numbers of the random stream alone; isas() the instruction sets this CPU
- * runs, best first; merge_counted(...) the linear merge of two counted key sets (volume.table).
+ * runs, best first; merge_counted(...) the linear merge of two counted key sets and
+ * sort_rows(...) the stable radix sort of narrow keys (volume.table; internal: buffers of the
+ * right sizes are checked, their dtypes are the caller's to get right).
  * The instruction set is chosen at run time (CPUID and the OS's saved
  * vector state, through __builtin_cpu_supports); isa= forces one (tests run each). The GIL
  * is released while a kernel runs. Arrays are passed as Python buffers (numpy arrays), so
@@ -431,9 +433,6 @@ static Py_ssize_t merge_16(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, 
 static Py_ssize_t merge_32(const uint8_t *a, const uint64_t *ac, Py_ssize_t na, const uint8_t *b, const uint64_t *bc,
                            Py_ssize_t nb, uint8_t *o, uint64_t *occ, int kb) MERGE_BODY(32)
 
-/* merge_counted(out_keys, out_counts, keys_a, counts_a, keys_b, counts_b, kb) -> n: the union of
- * two sorted unique key sets (rows of kb bytes) with summed counts, written to the first n rows
- * of the outputs (room for |a| + |b| rows): one linear merge. */
 /* sort_rows(order, keys, kb): order (n,) int64 := the permutation that sorts the n rows of kb
  * bytes of keys byte-wise ascending, stably: a least-significant-digit radix sort by byte,
  * kb counting passes over the row indices, each reading its byte of every row from a copy in
@@ -487,6 +486,9 @@ static PyObject *py_sort_rows(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* merge_counted(out_keys, out_counts, keys_a, counts_a, keys_b, counts_b, kb) -> n: the union of
+ * two sorted unique key sets (rows of kb bytes) with summed counts, written to the first n rows
+ * of the outputs (room for |a| + |b| rows): one linear merge. */
 static PyObject *py_merge_counted(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer ok, oc, ka, ca, kb_, cb;

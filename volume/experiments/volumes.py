@@ -6,7 +6,9 @@
   flagged by ``in_table = False``.
 * 'nested': the finite network's own volume by subset simulation in parameter space
   (:func:`volume.nested.nested_log_p`), with its standard error from independent replicas;
-  settings :data:`NESTED_SETTINGS` (about 1 nat of error at ln P = -40).
+  settings :data:`NESTED_SETTINGS` (about 1 nat of error at ln P = -40; functions rarer than
+  about ln P = -50 are flagged 'few-particles' at its 60 particles: give ``nested`` settings
+  with more particles for them, e.g. 100 to about -84).
 * 'gp': the Gaussian-process (EP) estimate ``volume.gp.estimate.log_prior(spec, labels).log_p``
   with the analytic NNGP kernel of the spec's whole input set, computed once and passed
   as ``kernel_matrix``.
@@ -57,7 +59,7 @@ class NestedVolume:
         self.settings = NestedSettings.from_mapping({**NESTED_SETTINGS, **settings})
         self.cache: dict[bytes, tuple[float, float]] = {}
         self.stats: dict[bytes, tuple[float, float]] = {}
-        self.flags: dict[bytes, tuple[str, ...]] = {}  # NestedResult.flags: fallbacks, stuck chains
+        self.flags: dict[bytes, tuple[str, ...]] = {}  # NestedResult.flags: fallbacks, stuck chains, few particles
 
     def __call__(self, labels: np.ndarray) -> tuple[float, float]:
         from volume.nested import nested_log_p
