@@ -209,6 +209,9 @@ class NestedSettings:
 
 
 SETTINGS_FIELDS = tuple(f.name for f in fields(NestedSettings))
+USER_FIELDS = ("particles", "replicas", "p0", "moves", "kernel")
+"""The settings a user sets from the command line (``volume logp --particles ...``) and a POST
+/logp request; the rest keep their defaults there (max_levels is the server's on the service)."""
 """The names :meth:`NestedSettings.from_mapping` takes."""
 
 
@@ -681,5 +684,5 @@ def join_reasons(*reasons: str | None) -> str | None:
 
 
 __all__ = ["work_bound", "macs_per_evaluation", "NestedSettings", "NestedResult", "Margin", "nested_log_p", "subset_simulation", "combine_replicas", "MAX_REPLICA_SD",
-           "SETTINGS_FIELDS", "REPLICA_COPIES", "MIN_ACCEPTANCE", "stuck_chains",
+           "SETTINGS_FIELDS", "USER_FIELDS", "REPLICA_COPIES", "MIN_ACCEPTANCE", "stuck_chains",
            "MAX_SPLITTING_SD", "few_particles", "join_reasons", "moves_diagnostic", "ReplicaTask", "NestedError"]

@@ -335,10 +335,6 @@ class WorkBudget:
                                 "ask for less (fewer functions, a smaller table or spec)") from None
 
 
-LOGP_NESTED_FIELDS = ("particles", "replicas", "p0", "moves", "kernel")
-"""The nested settings a POST /logp may set (max_levels is the server's, Limits.max_logp_levels)."""
-
-
 class LogPRequest(_Body):
     functions: list[str | list[int]] = Field(..., min_length=1, description="functions: '0'/'1' strings, hex keys, "
                                                                             "target rules or label lists")
@@ -563,7 +559,7 @@ class VolumeAPI:
         """ln P(f) by volume.logp.log_p; the worst-case work is bounded before starting
         (``volume.limits.check_logp``) and the work runs within the time budget."""
         from volume.logp import METHODS
-        from volume.nested import NestedSettings
+        from volume.nested import USER_FIELDS, NestedSettings
 
         if (req.spec is None) == (req.table is None):
             raise ApiError(400, "give exactly one of spec (a JSON spec) or table (a table name)")
@@ -573,7 +569,7 @@ class VolumeAPI:
             raise ApiError(400, "method 'count' needs a table: give table (a table name) instead of spec")
         table = self.store.get(req.table) if req.table is not None else None
         spec = self.parse_spec(req.spec) if req.spec is not None else table.spec
-        settings = NestedSettings.from_mapping({k: getattr(req, k) for k in LOGP_NESTED_FIELDS},
+        settings = NestedSettings.from_mapping({k: getattr(req, k) for k in USER_FIELDS},
                                                max_levels=self.limits.max_logp_levels)
         check_logp(spec, self.limits, req.method, len(req.functions), settings)
         return self.work.run("the ln P(f) estimate", self._logp, spec, table, req, settings)

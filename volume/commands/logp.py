@@ -42,14 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_logp)
 
 
-NESTED_FLAGS = ("particles", "replicas", "p0", "moves", "kernel")
-"""The nested settings this command takes as flags (validated by NestedSettings.from_mapping)."""
-
-
 def settings_from(args):
-    from volume.nested import NestedSettings
+    from volume.nested import USER_FIELDS, NestedSettings
 
-    return NestedSettings.from_mapping({k: getattr(args, k) for k in NESTED_FLAGS}, where="--")
+    return NestedSettings.from_mapping({k: getattr(args, k) for k in USER_FIELDS}, where="--")
 
 
 def cmd_logp(args) -> int:
